@@ -1,0 +1,220 @@
+"""The XT client: signs one follow request, sends it, and says what came back.
+
+It knows nothing of job files, limits or retries. Every outcome is one of three
+kinds, because what may be done next depends on which: the request never left
+(``NotSentError``), it left but no answer came (``AmbiguousError``), or the
+exchange answered (an ``Answer``, whatever its status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+
+from engine.campaign import FollowValue
+from engine.profiles import ApiProfile
+from engine.signing import SIGNATURE_HEADER, signed_headers
+
+TIME_PATH = "/v4/public/time"
+_EXCERPT = 200
+
+
+class XtError(Exception):
+    """Base of everything the client raises. Messages never hold secrets."""
+
+
+class TransportError(XtError):
+    """No answer came back."""
+
+
+class NotSentError(TransportError):
+    """The request never reached the exchange (connection refused, connect timeout)."""
+
+
+class AmbiguousError(TransportError):
+    """The request left but no answer came: the exchange may have acted on it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    rc: int
+    mc: str
+    ma: list[Any]
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP response. ``envelope`` is None when the body was not XT's JSON envelope."""
+
+    http_status: int
+    envelope: Envelope | None
+    retry_after: float | None = None
+    #: The start of a body that was not an envelope, for the record.
+    excerpt: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.http_status == 200 and self.envelope is not None and self.envelope.rc == 0
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    method: str
+    url: str
+    body: str
+    headers: dict[str, str]
+
+    def redacted(self) -> dict[str, str]:
+        """Headers fit to print: the signature replaced."""
+        return {k: "<redacted>" if k == SIGNATURE_HEADER else v for k, v in self.headers.items()}
+
+
+def encode_body(params: Mapping[str, FollowValue]) -> str:
+    """Compact JSON with every number written as the user wrote it (never via float)."""
+    parts = []
+    for name, value in params.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, Decimal)):
+            text = str(value)
+        else:
+            text = json.dumps(value)
+        parts.append(f"{json.dumps(name)}:{text}")
+    return "{" + ",".join(parts) + "}"
+
+
+def parse_envelope(data: Any) -> Envelope | None:
+    if not isinstance(data, dict):
+        return None
+    rc, mc = data.get("rc"), data.get("mc")
+    if isinstance(rc, bool) or not isinstance(rc, int) or not isinstance(mc, str):
+        return None
+    ma = data.get("ma")
+    return Envelope(rc=rc, mc=mc, ma=ma if isinstance(ma, list) else [], result=data.get("result"))
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < 3600 else None
+
+
+class XtClient:
+    """Signed calls to one XT host under one API profile."""
+
+    def __init__(
+        self,
+        base_url: str,
+        profile: ApiProfile,
+        *,
+        timeout: float = 10,
+        recv_window_ms: int = 5000,
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.profile = profile
+        self.recv_window_ms = recv_window_ms
+        #: Added to the local clock when signing; set by ``sync_clock``.
+        self.clock_offset_ms = 0
+        self._clock = clock
+        # Connect and read are bounded apart so that a timeout says whether the request left.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+        self._session = session
+        self._own_session = session is None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+
+    async def __aenter__(self) -> XtClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def timestamp_ms(self) -> int:
+        return int(self._clock() * 1000) + self.clock_offset_ms
+
+    def prepare(
+        self, api_key: str, secret_key: str, params: Mapping[str, FollowValue]
+    ) -> PreparedRequest:
+        """The follow request, signed now. The signed body is the body sent."""
+        path = self.profile.path
+        body = encode_body(params)
+        headers = signed_headers(
+            api_key, secret_key, "POST", path, body, self.timestamp_ms(), self.recv_window_ms
+        )
+        headers["Content-Type"] = "application/json"
+        return PreparedRequest("POST", self.base_url + path, body, headers)
+
+    async def follow(
+        self, api_key: str, secret_key: str, params: Mapping[str, FollowValue]
+    ) -> Answer:
+        """Send one follow, signed afresh. Raises ``TransportError`` when no answer came."""
+        request = self.prepare(api_key, secret_key, params)
+        return await self._send(request)
+
+    async def server_time_ms(self) -> int:
+        """The exchange's clock (``GET /v4/public/time``)."""
+        answer = await self._send(PreparedRequest("GET", self.base_url + TIME_PATH, "", {}))
+        envelope = answer.envelope
+        result = envelope.result if envelope is not None else None
+        server_time = result.get("serverTime") if isinstance(result, dict) else None
+        if not answer.ok or not isinstance(server_time, int):
+            raise XtError(f"{TIME_PATH} answered HTTP {answer.http_status} without a server time")
+        return server_time
+
+    async def sync_clock(self) -> int:
+        """Measure the offset to the exchange's clock and sign with it from now on."""
+        before = self._clock()
+        server = await self.server_time_ms()
+        midpoint_ms = int((before + self._clock()) * 500)
+        self.clock_offset_ms = server - midpoint_ms
+        return self.clock_offset_ms
+
+    async def _send(self, request: PreparedRequest) -> Answer:
+        try:
+            async with self.session.request(
+                request.method,
+                request.url,
+                data=request.body.encode() if request.body else None,
+                headers=request.headers,
+                timeout=self._timeout,
+            ) as response:
+                raw = await response.read()
+                status = response.status
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise NotSentError(f"not sent: {_describe(exc)}") from None
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise AmbiguousError(f"no answer after the request left: {_describe(exc)}") from None
+        try:
+            envelope = parse_envelope(json.loads(raw))
+        except (ValueError, RecursionError):
+            envelope = None
+        excerpt = None if envelope else raw[:_EXCERPT].decode("utf-8", "replace")
+        return Answer(status, envelope, retry_after, excerpt)
+
+
+def _describe(exc: BaseException) -> str:
+    """The exception's class and message; aiohttp's carry URLs at most, never headers."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,100 @@
+"""The result collector: every finished job passes through here exactly once.
+
+It writes the job's line (through ``ResultLog``, the results file's only
+writer), keeps the counts the summary needs, and tells the progress display.
+A line that cannot be written is kept in memory and the run is told to stop:
+it must never send follows it cannot record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from engine.results import JobResult, ResultLog, ResultsFileError
+
+
+@dataclass(slots=True)
+class KeyStats:
+    """Requests one limiter let through, for the achieved rate."""
+
+    label: str
+    sent: int = 0
+    first: float = 0.0
+    last: float = 0.0
+
+    def sent_at(self, now: float) -> None:
+        if not self.sent:
+            self.first = now
+        self.sent += 1
+        self.last = now
+
+    @property
+    def rate(self) -> float | None:
+        span = self.last - self.first
+        return (self.sent - 1) / span if self.sent > 1 and span > 0 else None
+
+
+@dataclass(slots=True)
+class RunStats:
+    total: int = 0
+    skipped: int = 0
+    ok: int = 0
+    failed: int = 0
+    ambiguous: int = 0
+    attempts: int = 0
+    retries: int = 0
+    #: (status, rc, mc, http_status) -> jobs.
+    outcomes: Counter[tuple[str, int | None, str | None, int | None]] = field(
+        default_factory=Counter
+    )
+    keys: dict[str, KeyStats] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+    interrupted: bool = False
+    #: Results the file could not take, so the user still sees them.
+    unrecorded: list[JobResult] = field(default_factory=list)
+    write_error: str | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.ok + self.failed
+
+    @property
+    def wall_seconds(self) -> float:
+        return (self.ended or time.monotonic()) - self.started
+
+
+class Collector:
+    def __init__(
+        self, log: ResultLog, on_result: Callable[[JobResult], None] | None = None
+    ) -> None:
+        self.log = log
+        self.stats = RunStats()
+        self._on_result = on_result
+
+    def finish(self, result: JobResult) -> bool:
+        """Record one job's outcome. False when it could not be written."""
+        stats = self.stats
+        if result.status == "ok":
+            stats.ok += 1
+        else:
+            stats.failed += 1
+        stats.ambiguous += result.ambiguous
+        stats.attempts += result.attempts
+        stats.retries += max(result.attempts - 1, 0)
+        stats.outcomes[(result.status, result.rc, result.mc, result.http_status)] += 1
+        written = stats.write_error is None
+        if written:
+            try:
+                self.log.record(result)
+            except ResultsFileError as exc:
+                stats.write_error = str(exc)
+                written = False
+        if not written:
+            stats.unrecorded.append(result)
+        if self._on_result is not None:
+            self._on_result(result)
+        return written

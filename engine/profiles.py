@@ -1,0 +1,40 @@
+"""API profiles: what differs between the versions of XT's follow endpoint.
+
+XT moved the endpoint after the page this project was specified from (see
+``xt-api-notes.md``, "Endpoint history"). Everything that moved lives here so the
+rest of the engine never branches on a version string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ApiProfile:
+    name: str
+    path: str
+    #: The body field naming whom to follow.
+    leader_field: str
+    #: Default requests per second.
+    rate_limit: float
+    #: True when the limit is per IP: one limiter shared by every API key.
+    per_ip: bool
+
+
+V4 = ApiProfile(
+    name="v4",
+    path="/v4/account/copy-trade/follow",
+    leader_field="leaderOrderId",
+    rate_limit=10,
+    per_ip=False,
+)
+V1 = ApiProfile(
+    name="v1",
+    path="/v1/copy-trade-account/copy-trade/follow",
+    leader_field="leaderAccountId",
+    rate_limit=2,
+    per_ip=True,
+)
+PROFILES: dict[str, ApiProfile] = {p.name: p for p in (V4, V1)}
+LEADER_FIELDS = frozenset(p.leader_field for p in PROFILES.values())

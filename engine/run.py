@@ -1,0 +1,147 @@
+"""One campaign run from start to end: results file, simulator, client, runner, signals.
+
+The CLI and the scheduler both run campaigns through ``run_campaign``; nothing
+here prints except the stop notice a person needs when pressing Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import signal
+import sys
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from engine.campaign import Campaign
+from engine.client import PreparedRequest, XtClient
+from engine.collector import Collector, RunStats
+from engine.results import JobResult, ResultLog
+from engine.runner import Runner
+from engine.simulator import SimConfig, Simulator
+
+
+class InsecureTransportError(Exception):
+    """Credentials would cross a network in clear text."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    results: Path
+    fresh: bool = False
+    #: Run against a built-in simulator on loopback, configured so.
+    simulate: SimConfig | None = None
+    on_result: Callable[[JobResult], None] | None = None
+    on_start: Callable[[RunStats], None] | None = None
+
+
+def default_results_path(jobs_file: Path) -> Path:
+    return jobs_file.with_suffix(".results.jsonl")
+
+
+def check_transport(base_url: str, insecure: bool) -> str | None:
+    """Refuse plain http:// beyond loopback unless ``insecure``; return a warning if allowed."""
+    parts = urlsplit(base_url)
+    if parts.scheme != "http" or _is_loopback(parts.hostname or ""):
+        return None
+    if not insecure:
+        raise InsecureTransportError(
+            f"{base_url}: refusing to send API keys and signatures over plain http:// to a "
+            "host that is not loopback; use https:// or pass --insecure"
+        )
+    return f"warning: sending credentials over plain http:// to {parts.hostname} (--insecure)"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def dry_run(campaign: Campaign) -> list[PreparedRequest]:
+    """The requests a run would send first, signed now, sent never."""
+    settings = campaign.settings
+    client = XtClient(campaign.base_url, settings.api, recv_window_ms=settings.recv_window_ms)
+    accounts = campaign.accounts
+    return [
+        client.prepare(accounts[j.account].api_key, accounts[j.account].secret_key, j.params)
+        for j in campaign.jobs
+    ]
+
+
+async def run_campaign(campaign: Campaign, options: RunOptions) -> RunStats:
+    """Run every job not already ok in the results file. Raises ``ResultsFileError``
+    before sending anything when the results file cannot be used."""
+    log = ResultLog(options.results)
+    past = log.open(fresh=options.fresh)
+    try:
+        for warning in past.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        done = past.ok_jobs()
+        jobs = [job for job in campaign.jobs if job.id not in done]
+        collector = Collector(log, on_result=options.on_result)
+        collector.stats.skipped = len(campaign.jobs) - len(jobs)
+        async with AsyncExitStack() as stack:
+            base_url = campaign.base_url
+            if options.simulate is not None:
+                simulator = Simulator(
+                    {a.api_key: a.secret_key for a in campaign.accounts.values()},
+                    options.simulate,
+                )
+                base_url = await simulator.start()
+                stack.push_async_callback(simulator.close)
+            settings = campaign.settings
+            client = XtClient(
+                base_url,
+                settings.api,
+                timeout=settings.timeout,
+                recv_window_ms=settings.recv_window_ms,
+            )
+            stack.push_async_callback(client.close)
+            runner = Runner(campaign, client, collector)
+            stack.enter_context(_stop_on_signals(runner))
+            if options.on_start is not None:
+                options.on_start(collector.stats)
+            return await runner.run(jobs)
+    finally:
+        log.close()
+
+
+class _stop_on_signals:
+    """First SIGINT/SIGTERM: stop dispatching, let requests in flight finish.
+    Second: stop at once. Either way every recorded line stays recorded."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.loop = asyncio.get_running_loop()
+
+    def __enter__(self) -> None:
+        for sig in self.SIGNALS:
+            self.loop.add_signal_handler(sig, self._on_signal)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig in self.SIGNALS:
+            self.loop.remove_signal_handler(sig)
+
+    def _on_signal(self) -> None:
+        stats = self.runner.stats
+        if stats.interrupted:
+            print("stopping now", file=sys.stderr, flush=True)
+            self.runner.abort()
+            return
+        stats.interrupted = True
+        print(
+            f"stopping: no new requests; waiting up to {self.runner.grace:g} s for those in "
+            "flight (interrupt again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.runner.stop()

@@ -1,0 +1,397 @@
+"""A fake of XT's follow endpoint for end-to-end tests, ``run --simulate`` and benchmarks.
+
+It checks requests as the exchange does (headers, signature, clock, parameters, a sliding-window
+rate limit) and records every arrival, so a test can prove what the engine sent rather than trust
+what the engine says. Faults are injected on purpose: scripted per leader id, or at random from a
+seed so that a failing run can be replayed.
+
+Answers follow ``xt-api-notes.md``: HTTP 200 with ``{"rc","mc","ma","result"}``, except 429/5xx.
+A refused parameter is answered ``rc 1`` with ``INVALID_PARAMETER`` and the field's name in ``ma``:
+XT documents no code for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import math
+import random
+import re
+import sys
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from aiohttp import web
+
+from engine.profiles import V1, V4, ApiProfile
+from engine.signing import ALGORITHM, sign, signature_payload
+
+TIME_PATH = "/v4/public/time"
+SUCCESS = "SUCCESS"
+#: The ``mc`` for a refused parameter, missing field, unknown field or non-JSON request body.
+INVALID_PARAMETER = "COMMON_001"
+#: A client clock this far ahead of the server's is refused (XT's documentation: 1 s).
+MAX_AHEAD_MS = 1000
+
+# Fault kinds. A fault hits an arrival that passed the rate limit, before any other check:
+#   http500/502/503  that status with a text body; nothing accepted
+#   http429          429 with ``Retry-After: 1`` though the limit was kept; not a violation
+#   drop_before      the connection closed, nothing processed or answered: nothing accepted
+#   drop_after       processed as usual (accepted when valid), then closed unanswered
+#   non_json         HTTP 200 with an HTML body, as a proxy might send; nothing accepted
+#   slow             processed as usual, answered after ``slow_seconds``: outlasts a client timeout
+#   auth_105         rc 1 ``AUTH_105`` as if the client's clock were skewed; nothing accepted
+# Any other fault shaped like an XT message code ("COMMON_002", "COPY_TRADE_SPOT_006") is
+# answered rc 1 with that code; nothing accepted.
+HTTP500, HTTP502, HTTP503, HTTP429 = "http500", "http502", "http503", "http429"
+DROP_BEFORE, DROP_AFTER, NON_JSON = "drop_before", "drop_after", "non_json"
+SLOW, AUTH_105 = "slow", "auth_105"
+MESSAGE_CODE = re.compile(r"[A-Z]+(?:_[A-Z0-9]+)+")
+_HTTP_FAULTS = {HTTP500: 500, HTTP502: 502, HTTP503: 503, HTTP429: 429}
+FAULT_KINDS = frozenset({*_HTTP_FAULTS, DROP_BEFORE, DROP_AFTER, NON_JSON, SLOW, AUTH_105})
+#: What random faults choose from: all a client should retry. ``slow`` is left out because
+#: each one holds a request for ``slow_seconds``.
+TRANSIENT_FAULTS = (*_HTTP_FAULTS, DROP_BEFORE, DROP_AFTER, NON_JSON, AUTH_105, "COMMON_002")
+
+_SUCCESS_BODY = b'{"rc":0,"mc":"SUCCESS","ma":[],"result":true}'
+_HTML = "<html><head><title>502 Bad Gateway</title></head><body>bad gateway</body></html>"
+_SYMBOLS = re.compile(r"[a-z0-9]+_[a-z0-9]+(?:,[a-z0-9]+_[a-z0-9]+)*")
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, Decimal)) and not isinstance(value, bool) and value > 0
+
+
+def _leader(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+_RULES: dict[str, Callable[[Any], bool]] = {
+    "followType": lambda v: v in ("FUND", "RATE"),
+    "followVal": _positive,
+    "followLoss": _positive,
+    "followLossOperate": lambda v: v in ("MARKET_SELL", "LEADER_CLOSE", "MANUAL_PROCESS"),
+    "triggerStopRate": _positive,
+    "triggerProfitRate": _positive,
+    "autoFollowSymbol": lambda v: isinstance(v, bool),
+    "symbols": lambda v: isinstance(v, str) and _SYMBOLS.fullmatch(v) is not None,
+}
+_BY_PATH = {p.path: p for p in (V4, V1)}
+_VALIDATE = ("algorithms", "appkey", "recvwindow", "timestamp", "signature")
+_REQUIRED = ("followType", "followVal", "followLossOperate", "autoFollowSymbol", "symbols")
+
+
+def check_fault(kind: str) -> None:
+    """Refuse a fault name nobody defined, so a typo in a test fails loudly."""
+    if kind not in FAULT_KINDS and not MESSAGE_CODE.fullmatch(kind):
+        raise ValueError(f"unknown fault {kind!r}")
+
+
+@dataclass
+class SimConfig:
+    #: Seconds before every answer.
+    latency: float = 0.0
+    #: Arrivals allowed per ``window`` seconds, per API key (all keys together when ``per_ip``).
+    rate_limit: float = 10
+    window: float = 1.0
+    per_ip: bool = False
+    #: Server clock minus local clock.
+    skew_ms: int = 0
+    #: Share of arrivals (0..1) given a random fault from ``fault_kinds``.
+    fault_rate: float = 0.0
+    fault_kinds: tuple[str, ...] = TRANSIENT_FAULTS
+    seed: int = 0
+    slow_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.rate_limit <= 0 or self.window <= 0:
+            raise ValueError("rate_limit and window must be positive")
+        if not 0 <= self.fault_rate <= 1 or (self.fault_rate and not self.fault_kinds):
+            raise ValueError("fault_rate must be within 0..1, with fault_kinds to choose from")
+        for kind in self.fault_kinds:
+            check_fault(kind)
+
+
+@dataclass(slots=True)
+class Arrival:
+    #: ``time.monotonic()`` at arrival.
+    t: float
+    #: The key the request named; "" when it named none.
+    api_key: str
+    path: str
+    leader_id: int | None
+    #: The HTTP status answered; 0 when the connection was dropped instead.
+    status: int
+    #: The ``mc`` decided (also for ``drop_after``, though never sent); None without an envelope.
+    mc: str | None
+    fault: str | None
+
+
+def _envelope(mc: str, ma: Sequence[str] = ()) -> web.Response:
+    if mc == SUCCESS:
+        return web.Response(body=_SUCCESS_BODY, content_type="application/json")
+    return web.json_response({"rc": 1, "mc": mc, "ma": list(ma), "result": None})
+
+
+def _fault_answer(fault: str) -> tuple[web.Response | None, str | None]:
+    """What a fault answers instead of processing, and its ``mc``; no response drops."""
+    if fault == DROP_BEFORE:
+        return None, None
+    if fault in _HTTP_FAULTS:
+        status = _HTTP_FAULTS[fault]
+        retry = {"Retry-After": "1"} if status == 429 else None
+        return web.Response(status=status, text=f"{status} injected fault", headers=retry), None
+    if fault == NON_JSON:
+        return web.Response(text=_HTML, content_type="text/html"), None
+    mc = "AUTH_105" if fault == AUTH_105 else fault
+    return _envelope(mc), mc
+
+
+def _header_int(value: str | None) -> int | None:
+    return int(value) if value and value.isascii() and value.isdigit() else None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+#: Numbers stay exact (``Decimal``, never float); NaN and Infinity are no JSON.
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_refuse_constant)
+
+
+def _parse(body: str | None) -> Any:
+    """The JSON body, or None when there is none or it is not JSON."""
+    if body is None:
+        return None
+    try:
+        return _DECODER.decode(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _bad_field(data: Any, leader_field: str) -> str | None:
+    """The first field the endpoint refuses (``"body"`` for a non-object), else None."""
+    if not isinstance(data, dict):
+        return "body"
+    for name, value in data.items():
+        rule = _leader if name == leader_field else _RULES.get(name)
+        if rule is None or not rule(value):
+            return name
+    return next((name for name in (leader_field, *_REQUIRED) if name not in data), None)
+
+
+class Simulator:
+    """XT's follow endpoint (v4 and v1 paths) and server time, in process."""
+
+    def __init__(
+        self, accounts: Mapping[str, str] | None = None, config: SimConfig | None = None
+    ) -> None:
+        #: api_key -> secret_key, a copy that may be added to while serving; None accepts any
+        #: key and checks no signature.
+        self.accounts = dict(accounts) if accounts is not None else None
+        self.config = config or SimConfig()
+        self.arrivals: list[Arrival] = []
+        #: Follows accepted, by (api_key, leader_id): a count above 1 is a duplicate.
+        self.accepted: Counter[tuple[str, int | None]] = Counter()
+        #: Arrivals refused by the rate limit (not counting injected ``http429`` faults).
+        self.violations = 0
+        #: Set by ``start``.
+        self.base_url: str | None = None
+        #: Arrival times within the window of each limited key (None: every key, per IP).
+        self._recent: defaultdict[str | None, deque[float]] = defaultdict(deque)
+        self._scripts: dict[int, deque[str]] = {}
+        self._follows = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._rng = random.Random(self.config.seed)
+        self._runner: web.AppRunner | None = None
+        self.app = web.Application()
+        self.app.router.add_get(TIME_PATH, self._time)
+        for path in _BY_PATH:
+            self.app.router.add_post(path, self._follow)
+
+    @property
+    def checks_signatures(self) -> bool:
+        return self.accounts is not None
+
+    def script(self, leader_id: int, faults: Sequence[str]) -> None:
+        """The next arrivals for ``leader_id`` get ``faults`` in order, after earlier scripts."""
+        for kind in faults:
+            check_fault(kind)
+        self._scripts.setdefault(leader_id, deque()).extend(faults)
+
+    def server_time_ms(self) -> int:
+        return int(time.time() * 1000) + self.config.skew_ms
+
+    async def wait_for_arrivals(self, count: int) -> None:
+        """Return once ``count`` follow requests have arrived, so a test can act mid-run."""
+        if self._follows < count:
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.append((count, future))
+            await future
+
+    def _wake_waiters(self) -> None:
+        for count, future in self._waiters:
+            if count <= self._follows and not future.done():
+                future.set_result(None)
+        self._waiters = [(c, f) for c, f in self._waiters if not f.done()]
+
+    def max_in_window(self, api_key: str | None, window: float = 1.0) -> int:
+        """Most follow arrivals of ``api_key`` (every key when None) within any ``window`` s."""
+        times = sorted(
+            a.t
+            for a in self.arrivals
+            if a.path != TIME_PATH and (api_key is None or a.api_key == api_key)
+        )
+        best = start = 0
+        for end, t in enumerate(times):
+            while t - times[start] >= window:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen; returns the base URL. Port 0 picks a free port."""
+        # Nothing graceful to wait for at close: a slow fault would otherwise hold it for long.
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port, backlog=1024).start()
+        bound = self._runner.addresses[0][1]
+        self.base_url = f"http://{f'[{host}]' if ':' in host else host}:{bound}"
+        return self.base_url
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _time(self, request: web.Request) -> web.Response:
+        self.arrivals.append(Arrival(time.monotonic(), "", TIME_PATH, None, 200, SUCCESS, None))
+        if self.config.latency:
+            await asyncio.sleep(self.config.latency)
+        return web.json_response(
+            {"rc": 0, "mc": SUCCESS, "ma": [], "result": {"serverTime": self.server_time_ms()}}
+        )
+
+    async def _follow(self, request: web.Request) -> web.StreamResponse:
+        t = time.monotonic()
+        profile = _BY_PATH[request.path]
+        raw = await request.read()
+        prefix = "xt-validate-" if "xt-validate-appkey" in request.headers else "validate-"
+        api_key = request.headers.get(prefix + "appkey", "")
+        body = raw.decode("utf-8", "replace") if raw else None
+        data = _parse(body)
+        leader = data.get(profile.leader_field) if isinstance(data, dict) else None
+        leader_id = leader if isinstance(leader, int) and not isinstance(leader, bool) else None
+
+        fault: str | None = None
+        response: web.Response | None
+        mc: str | None = None
+        retry_after = self._admit(None if self.config.per_ip else api_key, t)
+        if retry_after:
+            self.violations += 1
+            response = web.Response(status=429, headers={"Retry-After": str(retry_after)})
+        else:
+            fault = self._fault(leader_id)
+            if fault in (None, DROP_AFTER, SLOW):
+                mc, ma = self._verdict(request, prefix, profile, body, data)
+                if mc == SUCCESS:
+                    self.accepted[(api_key, leader_id)] += 1
+                response = None if fault == DROP_AFTER else _envelope(mc, ma)
+            else:
+                response, mc = _fault_answer(fault)
+        status = response.status if response is not None else 0
+        self.arrivals.append(Arrival(t, api_key, profile.path, leader_id, status, mc, fault))
+        self._follows += 1
+        if self._waiters:
+            self._wake_waiters()
+
+        delay = self.config.latency + (self.config.slow_seconds if fault == SLOW else 0)
+        if delay:
+            await asyncio.sleep(delay)
+        if response is None:
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response()
+        return response
+
+    def _admit(self, key: str | None, now: float) -> int:
+        """0 when the arrival fits the sliding window, else whole seconds until it would."""
+        times = self._recent[key]
+        horizon = now - self.config.window
+        while times and times[0] <= horizon:
+            times.popleft()
+        if len(times) + 1 > self.config.rate_limit:
+            return max(1, math.ceil(times[0] - horizon))
+        times.append(now)
+        return 0
+
+    def _fault(self, leader_id: int | None) -> str | None:
+        script = self._scripts.get(leader_id) if leader_id is not None else None
+        if script:
+            return script.popleft()
+        if self.config.fault_rate and self._rng.random() < self.config.fault_rate:
+            return self._rng.choice(self.config.fault_kinds)
+        return None
+
+    def _verdict(
+        self, request: web.Request, prefix: str, profile: ApiProfile, body: str | None, data: Any
+    ) -> tuple[str, tuple[str, ...]]:
+        """The ``mc`` and ``ma`` XT answers when no fault intervenes (its ``errorCode.md``)."""
+        found = {name: request.headers.get(prefix + name) for name in _VALIDATE}
+        key, stamp_text, window_text = found["appkey"], found["timestamp"], found["recvwindow"]
+        algorithm, signature = found["algorithms"], found["signature"]
+        stamp, window = _header_int(stamp_text), _header_int(window_text)
+        for failed, code in (
+            (not key, "AUTH_001"),
+            (stamp is None, "AUTH_002"),
+            (window_text is None, "AUTH_003"),
+            (not window, "AUTH_004"),
+            (algorithm is None, "AUTH_005"),
+            (algorithm != ALGORITHM, "AUTH_006"),
+            (not signature, "AUTH_007"),
+        ):
+            if failed:
+                return code, ()
+        if self.accounts is not None:
+            secret = self.accounts.get(key)
+            if secret is None:
+                return "AUTH_101", ()
+            signed = {prefix + name: found[name] for name in _VALIDATE if name != "signature"}
+            expected = sign(secret, signature_payload(signed, request.method, profile.path, body))
+            given = signature.lower().encode("utf-8", "replace")
+            if not hmac.compare_digest(expected.encode(), given):
+                return "AUTH_103", ()
+        now = self.server_time_ms()
+        if now - stamp >= window or stamp - now > MAX_AHEAD_MS:
+            return "AUTH_105", ()
+        if request.content_type != "application/json":
+            return INVALID_PARAMETER, ("Content-Type",)
+        bad = _bad_field(data, profile.leader_field)
+        return (INVALID_PARAMETER, (bad,)) if bad else (SUCCESS, ())
+
+
+async def serve(
+    host: str, port: int, accounts: Mapping[str, str] | None, config: SimConfig
+) -> None:
+    """Serve until cancelled, saying on stderr where and whether signatures are checked."""
+    sim = Simulator(accounts, config)
+    url = await sim.start(host, port)
+    checked = "not checked" if accounts is None else f"checked for {len(accounts)} keys"
+    print(f"simulator listening on {url} (signatures {checked})", file=sys.stderr, flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        # Shielded: aiohttp's shutdown gives up early inside a task being cancelled.
+        await asyncio.shield(sim.close())

@@ -1,0 +1,94 @@
+"""KeyLimiter under a fast-forwarded loop clock (looptime): no real sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from engine.limiter import KeyLimiter
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+async def acquire_times(limiter: KeyLimiter, count: int) -> list[float]:
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+
+    async def one() -> None:
+        await limiter.acquire()
+        times.append(loop.time())
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return times
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("rate", [1, 2, 10, 25])
+async def test_never_more_than_rate_in_any_window(rate: int) -> None:
+    times = await acquire_times(KeyLimiter(rate), rate * 5)
+    assert max_in_window(times, 1.0) == rate
+
+
+@pytest.mark.looptime
+async def test_bursts_a_full_window_then_waits_one_period() -> None:
+    limiter = KeyLimiter(10, margin=0.05)
+    times = await acquire_times(limiter, 30)
+    start = min(times)
+    offsets = sorted(round(t - start, 6) for t in times)
+    assert offsets[:10] == [0.0] * 10
+    assert offsets[10:20] == [pytest.approx(1.05)] * 10
+    assert offsets[20:] == [pytest.approx(2.1)] * 10
+
+
+@pytest.mark.looptime
+async def test_fractional_rate_spaces_single_requests() -> None:
+    times = await acquire_times(KeyLimiter(0.5, margin=0.0), 3)
+    gaps = [b - a for a, b in zip(sorted(times), sorted(times)[1:], strict=False)]
+    assert gaps == [pytest.approx(2.0), pytest.approx(2.0)]
+
+
+@pytest.mark.looptime
+async def test_rate_below_a_whole_request_per_window_keeps_the_window() -> None:
+    """2.5/s means at most 2 in any second, not 3."""
+    times = await acquire_times(KeyLimiter(2.5), 10)
+    assert max_in_window(times, 1.0) == 2
+
+
+@pytest.mark.looptime
+async def test_pause_holds_every_lane_back() -> None:
+    loop = asyncio.get_running_loop()
+    limiter = KeyLimiter(10)
+    await limiter.acquire()
+    paused_at = loop.time()
+    limiter.pause(3.0)
+    times = await acquire_times(limiter, 5)
+    assert min(times) == pytest.approx(paused_at + 3.0)
+
+
+@pytest.mark.looptime
+async def test_pause_while_queued_takes_a_fresh_slot_after_it() -> None:
+    """A request queued on a lane when a pause arrives must not go out early."""
+    loop = asyncio.get_running_loop()
+    limiter = KeyLimiter(1, margin=0.0)
+    await limiter.acquire()
+    start = loop.time()
+    waiter = asyncio.create_task(acquire_times(limiter, 1))
+    await asyncio.sleep(0.5)
+    limiter.pause(2.0)
+    [sent] = await waiter
+    # Its lane freed at 1.0, inside the pause: it goes when the pause ends, not before.
+    assert sent - start == pytest.approx(2.5)
+
+
+def test_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        KeyLimiter(0)
