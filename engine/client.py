@@ -24,6 +24,8 @@ from engine.signing import SIGNATURE_HEADER, signed_headers
 
 TIME_PATH = "/v4/public/time"
 _EXCERPT = 200
+#: An envelope is a few hundred bytes; a body past this is not one, and is not read further.
+MAX_BODY = 1 << 20
 
 
 class XtError(Exception):
@@ -199,7 +201,7 @@ class XtClient:
                 headers=request.headers,
                 timeout=self._timeout,
             ) as response:
-                raw = await response.read()
+                raw = await _read_capped(response)
                 status = response.status
                 retry_after = _retry_after(response.headers.get("Retry-After"))
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
@@ -212,6 +214,17 @@ class XtClient:
             envelope = None
         excerpt = None if envelope else raw[:_EXCERPT].decode("utf-8", "replace")
         return Answer(status, envelope, retry_after, excerpt)
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The body, or its first ``MAX_BODY`` bytes and no more."""
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(1 << 16):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY:
+            break
+    return b"".join(chunks)[:MAX_BODY]
 
 
 def _describe(exc: BaseException) -> str:

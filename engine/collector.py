@@ -21,6 +21,8 @@ class KeyStats:
     """Requests one limiter let through, for the achieved rate."""
 
     label: str
+    #: The limiter's period: the last burst of a key occupies one.
+    period: float
     sent: int = 0
     first: float = 0.0
     last: float = 0.0
@@ -33,8 +35,9 @@ class KeyStats:
 
     @property
     def rate(self) -> float | None:
-        span = self.last - self.first
-        return (self.sent - 1) / span if self.sent > 1 and span > 0 else None
+        """Requests per second of the key's busy time, its last period included: a key
+        that sent all it had in one burst did not go faster than its limit."""
+        return self.sent / (self.last - self.first + self.period) if self.sent else None
 
 
 @dataclass(slots=True)

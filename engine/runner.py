@@ -117,7 +117,8 @@ class Runner:
         key = self._keys.get(name)
         if key is None:
             label = "all keys (per IP)" if name == "*" else account.name
-            key = _Key(KeyLimiter(self.settings.rate_limit), asyncio.Queue(), KeyStats(label))
+            limiter = KeyLimiter(self.settings.rate_limit)
+            key = _Key(limiter, asyncio.Queue(), KeyStats(label, limiter.period))
             self._keys[name] = key
             self.stats.keys[name] = key.stats
         return key

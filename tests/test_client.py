@@ -153,8 +153,10 @@ async def test_connection_refused_is_not_sent() -> None:
 
 
 async def test_sync_clock_applies_the_server_offset(mock: aioresponses) -> None:
-    mock.get(BASE + "/v4/public/time", payload={"rc": 0, "mc": "SUCCESS", "ma": [],
-                                                 "result": {"serverTime": 1700000003000}})
+    mock.get(
+        BASE + "/v4/public/time",
+        payload={"rc": 0, "mc": "SUCCESS", "ma": [], "result": {"serverTime": 1700000003000}},
+    )
     mock.post(URL_V4, payload=OK)
     async with XtClient(BASE, V4, clock=lambda: 1700000000.0) as client:
         assert await client.sync_clock() == 3000
@@ -174,3 +176,12 @@ def test_redacted_headers_hide_the_signature() -> None:
     assert redacted["xt-validate-signature"] == "<redacted>"
     assert request.headers["xt-validate-signature"] not in json.dumps(redacted)
     assert SECRET not in repr(request)
+
+
+async def test_a_huge_body_is_cut_and_read_as_not_an_envelope(
+    client: XtClient, mock: aioresponses
+) -> None:
+    mock.post(URL_V4, status=200, body='{"rc":0,"mc":"SUCCESS","pad":"' + "x" * (3 << 20) + '"}')
+    answer = await client.follow("k", SECRET, PARAMS)
+    assert answer.envelope is None
+    assert len(answer.excerpt or "") == 200

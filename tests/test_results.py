@@ -12,9 +12,18 @@ from engine.results import JobResult, ResultLog, ResultsFileError
 
 def result(job: str, status: str = "ok", **changes: object) -> JobResult:
     fields: dict = dict(
-        job=job, account="alice", leader_field="leaderOrderId", leader_id=7302994413592166401,
-        status=status, rc=0, mc="SUCCESS", http_status=200, attempts=1, error=None,
-        latency_ms=12.5, finished_at="2026-11-25T10:00:00.000Z",
+        job=job,
+        account="alice",
+        leader_field="leaderOrderId",
+        leader_id=7302994413592166401,
+        status=status,
+        rc=0,
+        mc="SUCCESS",
+        http_status=200,
+        attempts=1,
+        error=None,
+        latency_ms=12.5,
+        finished_at="2026-11-25T10:00:00.000Z",
     )
     fields.update(changes)
     return JobResult(**fields)
@@ -30,8 +39,19 @@ def test_each_record_is_one_flushed_line(tmp_path: Path) -> None:
     log.close()
     assert line["job"] == "a"
     assert line["leaderOrderId"] == 7302994413592166401
-    for field in ("account", "status", "rc", "mc", "http_status", "attempts", "error",
-                  "latency_ms", "finished_at", "ambiguous", "sent"):
+    for field in (
+        "account",
+        "status",
+        "rc",
+        "mc",
+        "http_status",
+        "attempts",
+        "error",
+        "latency_ms",
+        "finished_at",
+        "ambiguous",
+        "sent",
+    ):
         assert field in line
 
 
