@@ -1,37 +1,20 @@
 """Reading a job file: YAML in, a checked ``Campaign`` out, or every problem at once.
 
-The YAML is built from libyaml's event stream rather than by PyYAML's constructor:
-that is several times faster (100,000 jobs must load in seconds), and the one pass
-also records each value's line, resolves ``${VAR}`` (after parsing, so an
-environment value is never read as YAML) and refuses alias bombs before they
-expand. Scalars follow YAML 1.2 where 1.1 would surprise: only true/false are
-booleans, ``0123`` is decimal, and floats become ``Decimal`` from the text written.
+``yamlread`` turns the file into plain data that remembers its lines; pydantic
+models (``models``) check it; this module maps every error back to its line and
+builds the plain ``Campaign`` the engine runs.
 """
 
 from __future__ import annotations
 
 import difflib
-import gc
 import os
 import re
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-import yaml
 from pydantic import ValidationError
-from yaml.events import (
-    AliasEvent,
-    DocumentStartEvent,
-    MappingEndEvent,
-    MappingStartEvent,
-    ScalarEvent,
-    SequenceEndEvent,
-    SequenceStartEvent,
-    StreamEndEvent,
-)
 
 from engine.campaign import (
     DEFAULT_BASE_URL,
@@ -53,306 +36,18 @@ from engine.models import (
     SettingsModel,
 )
 from engine.profiles import LEADER_FIELDS, PROFILES, ApiProfile
+from engine.yamlread import (
+    MAX_FILE_BYTES,
+    Builder,
+    JobFileError,
+    LineDict,
+    LineList,
+    Loc,
+    gc_paused,
+    read_file,
+)
 
-MAX_FILE_BYTES = 64 * 2**20
-#: Aliases may add this many values, or as many as the file itself holds if that is more.
-MAX_ALIAS_EXPANSION = 100_000
-
-Loc = tuple[Any, ...]
-Problem = tuple[int, Loc, str]  # line, where in the document, message
-
-_Parser = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_SAFE = yaml.constructor.SafeConstructor()
-_RESOLVERS = yaml.resolver.Resolver.yaml_implicit_resolvers
-_T = "tag:yaml.org,2002:"
-_STR = _T + "str"
-_REF = re.compile(r"\$\$\{|\$\{(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\})?")
-_BAD_REF = "'${' must start ${NAME} or ${NAME:-default} (write $${ for a literal ${)"
-_NO_KEY = object()
-_CACHE_SIZE = 50_000
-_OPEN = object()  # an anchored mapping or list still being read: an alias to it is recursive
-
-
-class JobFileError(Exception):
-    """The job file cannot be run; ``problems`` holds every reason, one line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-class _LineDict(dict[Any, Any]):
-    __slots__ = ("key_lines", "line")
-    line: int
-    key_lines: dict[Any, int]
-
-
-class _LineList(list[Any]):
-    __slots__ = ("item_lines", "line")
-    line: int
-    item_lines: list[int]
-
-
-def _int(text: str) -> int | str:
-    digits = text.replace("_", "")
-    if digits.lstrip("+-").isdigit():  # YAML 1.2: 0123 is decimal, not 1.1's octal
-        if len(digits) > 100:
-            raise ValueError(text)
-        return int(digits)
-    if ":" in digits:
-        return text  # base 60 (1:30): left as text, which no number field takes
-    return _SAFE.construct_yaml_int(yaml.ScalarNode(_T + "int", text))  # 0x.., 0b..
-
-
-def _decimal(text: str) -> Decimal | str:
-    plain = text.replace("_", "").lower()
-    if plain.lstrip("+-") == ".inf":
-        return Decimal("-Infinity" if plain[0] == "-" else "Infinity")
-    if plain == ".nan":
-        return Decimal("NaN")
-    if ":" in plain:
-        return text  # base 60 (1:30.5): left as text, which no number field takes
-    number = Decimal(plain)
-    if number.is_snan():
-        raise ValueError(text)
-    return number
-
-
-def _timestamp(text: str) -> object:
-    if not _SAFE.timestamp_regexp.match(text):
-        raise ValueError(text)
-    return _SAFE.construct_yaml_timestamp(yaml.ScalarNode(_T + "timestamp", text))
-
-
-def _bool(text: str) -> bool | str:
-    lowered = text.lower()
-    return lowered == "true" if lowered in ("true", "false") else text  # yes/no/on/off stay text
-
-
-_SCALARS = {
-    _T + "null": lambda _: None,
-    _T + "bool": _bool,
-    _T + "int": _int,
-    _T + "float": _decimal,
-    _T + "timestamp": _timestamp,
-    _T + "merge": str,  # merge keys (<<) are not supported: defaults do that job
-    _T + "value": str,
-}
-
-
-def _implicit_tag(text: str) -> str:
-    for tag, regexp in _RESOLVERS.get(text[:1], ()):
-        if regexp.match(text):
-            return tag
-    return _STR
-
-
-class _Frame:
-    __slots__ = ("anchor", "container", "key", "key_line", "size")
-
-    def __init__(self, container: _LineDict | _LineList, anchor: str | None) -> None:
-        self.container, self.anchor = container, anchor
-        self.key: Any = _NO_KEY
-        self.key_line = 0
-        self.size = 1
-
-
-class _Builder:
-    """Plain data from YAML events, with lines, ``${VAR}`` resolved and aliases bounded."""
-
-    def __init__(self, env: Mapping[str, str], where: str) -> None:
-        self.env, self.where = env, where
-        self.problems: list[Problem] = []
-        self.flagged: set[Loc] = set()  # reported here; pydantic's echo of them is dropped
-        #: Account name -> the variables whose default was used, when secret_key has a ${VAR}.
-        self.secret_refs: dict[Any, list[str]] = {}
-        self.anchors: dict[str, tuple[object, int]] = {}
-        self.stack: list[_Frame] = []
-        self.root: object = None
-        self.nodes = self.extra = 0
-        self.cache: dict[str, object] = {}
-
-    def build(self, data: bytes) -> object:
-        parser = _Parser(data)
-        stack, cache = self.stack, self.cache
-        documents = 0
-        try:
-            while True:
-                event = parser.get_event()
-                kind = type(event)
-                if kind is ScalarEvent:  # inline: 100,000 jobs are 1.5 million values
-                    self.nodes += 1
-                    text = event.value
-                    if event.tag is not None or event.anchor or "$" in text:
-                        value = self._scalar(event)
-                    elif not event.implicit[0]:
-                        value = text  # quoted: always text
-                    elif (value := cache.get(text, _NO_KEY)) is _NO_KEY:
-                        value = self._plain(text, event)
-                    top = stack[-1] if stack else None
-                    if top and top.key is _NO_KEY and type(top.container) is _LineDict:
-                        top.key, top.key_line = value, event.start_mark.line + 1
-                        top.size += 1
-                    else:
-                        self._add(value, 1, event.start_mark.line + 1)
-                elif kind is MappingStartEvent:
-                    self._open(event, _LineDict(), _T + "map")
-                elif kind is SequenceStartEvent:
-                    self._open(event, _LineList(), _T + "seq")
-                elif kind is MappingEndEvent or kind is SequenceEndEvent:
-                    self._close()
-                elif kind is AliasEvent:
-                    self._alias(event)
-                elif kind is DocumentStartEvent:
-                    documents += 1
-                    if documents > 1:
-                        self._fatal(event, "a job file holds one YAML document; found a second")
-                elif kind is StreamEndEvent:
-                    return self.root
-        except yaml.YAMLError as exc:
-            raise JobFileError([_yaml_problem(self.where, exc)]) from None
-        finally:
-            parser.dispose()
-
-    def _fatal(self, event: Any, message: str) -> NoReturn:
-        raise JobFileError([f"{self.where}:{event.start_mark.line + 1}: {message}"])
-
-    def _unsupported(self, event: Any) -> NoReturn:
-        tag = event.tag.replace(_T, "!!")
-        self._fatal(event, f"tag {tag} is not allowed: a job file holds plain YAML data only")
-
-    def _loc(self) -> Loc:
-        """Where the value being read goes; worked out only when a message needs it."""
-        loc = [len(f.container) if type(f.container) is _LineList else f.key for f in self.stack]
-        return tuple(loc[:-1] if loc and loc[-1] is _NO_KEY else loc)  # a key: its mapping
-
-    def _problem(self, line: int, loc: Loc, message: str) -> None:
-        self.problems.append((line, loc, message))
-        self.flagged.add(loc)
-
-    def _plain(self, text: str, event: ScalarEvent) -> object:
-        """An untagged plain scalar, typed by YAML 1.1's patterns; values repeat, so cache them."""
-        tag = _implicit_tag(text)
-        value = text if tag == _STR else self._construct(tag, text, event)
-        if len(self.cache) < _CACHE_SIZE and (tag == _STR or value is not text):
-            self.cache[text] = value
-        return value
-
-    def _scalar(self, event: ScalarEvent) -> object:
-        """A scalar with a tag, an anchor or a ``$`` in it."""
-        text, tag = event.value, event.tag
-        if tag is None:
-            tag = _implicit_tag(text) if event.implicit[0] else _STR
-        if tag in ("!", _STR):
-            top = self.stack[-1] if self.stack else None
-            is_key = top is not None and top.key is _NO_KEY and type(top.container) is _LineDict
-            value: object = text if is_key or "$" not in text else self._substitute(text, event)
-        else:
-            value = self._construct(tag, text, event)
-        if event.anchor:
-            self.anchors[event.anchor] = (value, 1)
-        return value
-
-    def _construct(self, tag: str, text: str, event: ScalarEvent) -> object:
-        build = _SCALARS.get(tag)
-        if build is None:
-            self._unsupported(event)
-        try:
-            return build(text)
-        except (ValueError, ArithmeticError, LookupError):
-            line, name = event.start_mark.line + 1, tag.removeprefix(_T)
-            self._problem(line, self._loc(), f"not a valid {name}")
-            return text
-
-    def _substitute(self, text: str, event: ScalarEvent) -> str:
-        """``${VAR}``, or ``${VAR:-default}`` (also used when VAR is empty); ``$${`` is ``${``."""
-        messages: dict[str, None] = {}  # each said once
-        used: list[str] = []
-        defaulted: list[str] = []
-
-        def one(match: re.Match[str]) -> str:
-            name = match["name"]
-            if match[0] == "$${":
-                return "${"
-            if name is None:
-                messages[_BAD_REF] = None
-                return match[0]
-            used.append(name)
-            value = self.env.get(name)
-            if value:
-                return value
-            if match["default"] is not None:
-                defaulted.append(name)
-                return match["default"]
-            if value is None:
-                messages[f"environment variable {name} is not set"] = None
-            return ""
-
-        result = _REF.sub(one, text)
-        loc = self._loc()
-        for message in messages:
-            self._problem(event.start_mark.line + 1, loc, message)
-        if messages:
-            return text
-        if used and len(loc) == 3 and loc[0] == "accounts" and loc[2] == "secret_key":
-            self.secret_refs[loc[1]] = defaulted
-        return result
-
-    def _open(self, event: Any, container: _LineDict | _LineList, tag: str) -> None:
-        if event.tag not in (None, "!", tag):
-            self._unsupported(event)
-        self.nodes += 1
-        container.line = event.start_mark.line + 1
-        if isinstance(container, _LineDict):
-            container.key_lines = {}
-        else:
-            container.item_lines = []
-        if event.anchor:
-            self.anchors[event.anchor] = (_OPEN, 0)
-        self.stack.append(_Frame(container, event.anchor))
-
-    def _close(self) -> None:
-        frame = self.stack.pop()
-        container = frame.container
-        if frame.anchor:
-            self.anchors[frame.anchor] = (container, frame.size)
-        self._add(container, frame.size, container.line)
-
-    def _alias(self, event: AliasEvent) -> None:
-        value, size = self.anchors.get(event.anchor, (None, -1))
-        if size < 0:
-            self._fatal(event, f"alias *{event.anchor} has no anchor &{event.anchor} before it")
-        if value is _OPEN:
-            self._fatal(event, f"alias *{event.anchor} is inside what it refers to")
-        self.extra += size - 1
-        if self.extra > MAX_ALIAS_EXPANSION and self.extra > self.nodes:
-            self._fatal(
-                event, f"aliases expand the file too much ({self.extra} extra values); refused"
-            )
-        self._add(value, size, event.start_mark.line + 1)
-
-    def _add(self, value: object, size: int, line: int) -> None:
-        if not self.stack:
-            self.root = value
-            return
-        top = self.stack[-1]
-        top.size += size
-        container = top.container
-        if type(container) is _LineList:
-            container.append(value)
-            container.item_lines.append(line)
-        elif top.key is _NO_KEY:
-            if isinstance(value, (_LineDict, _LineList)):
-                raise JobFileError([f"{self.where}:{line}: a mapping key must be a plain value"])
-            top.key, top.key_line = value, line
-        else:
-            if top.key in container:
-                first = container.key_lines[top.key]
-                self._problem(top.key_line, self._loc(), f"duplicate key (first at line {first})")
-            else:
-                container[top.key] = value
-                container.key_lines[top.key] = top.key_line
-            top.key = _NO_KEY
+__all__ = ["MAX_FILE_BYTES", "JobFileError", "json_schema", "load"]
 
 
 def load(path: Path, *, api: str | None = None, env: Mapping[str, str] | None = None) -> Campaign:
@@ -362,12 +57,12 @@ def load(path: Path, *, api: str | None = None, env: Mapping[str, str] | None = 
         raise ValueError(f"api must be one of {', '.join(PROFILES)}, not {api!r}")
     path = Path(path)
     where = str(path)
-    builder = _Builder(os.environ if env is None else env, where)
-    with _gc_paused():
-        doc = builder.build(_read(path, where))
+    builder = Builder(os.environ if env is None else env, where)
+    with gc_paused():
+        doc = builder.build(read_file(path, where))
         if doc is None:
             raise JobFileError([f"{where}:1: the job file is empty"])
-        if not isinstance(doc, _LineDict):
+        if not isinstance(doc, LineDict):
             line = getattr(doc, "line", 1)
             raise JobFileError(
                 [f"{where}:{line}: the job file must be a mapping of version, accounts and jobs"]
@@ -380,44 +75,7 @@ def json_schema() -> dict[str, Any]:
     return JobFileModel.model_json_schema()
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Loading makes millions of objects and no cycles: collecting meanwhile only costs time."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _read(path: Path, where: str) -> bytes:
-    too_big = f"{where}: the job file is larger than {MAX_FILE_BYTES} bytes; refused"
-    try:
-        with path.open("rb") as file:
-            if os.fstat(file.fileno()).st_size > MAX_FILE_BYTES:
-                raise JobFileError([too_big])
-            data = file.read(MAX_FILE_BYTES + 1)  # bounded even where st_size says nothing
-    except OSError as exc:
-        raise JobFileError([f"{where}: cannot read the job file: {exc.strerror or exc}"]) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise JobFileError([too_big])
-    return data
-
-
-def _yaml_problem(where: str, exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    if mark is None:  # a reader error: bad encoding or a control character
-        return f"{where}: invalid YAML: {str(exc).split(chr(10))[0]}"
-    problem = exc.problem or "cannot be parsed"  # type: ignore[attr-defined]
-    context, context_mark = exc.context, exc.context_mark  # type: ignore[attr-defined]
-    if context and context_mark is not None:
-        problem += f" ({context} at line {context_mark.line + 1})"
-    return f"{where}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {problem}"
-
-
-def _campaign(path: Path, doc: _LineDict, builder: _Builder, api: str | None) -> Campaign:
+def _campaign(path: Path, doc: LineDict, builder: Builder, api: str | None) -> Campaign:
     settings = doc.get("settings")
     name = api or (settings.get("api") if isinstance(settings, dict) else None) or "v4"
     profile = PROFILES.get(name) if isinstance(name, str) else None
@@ -465,14 +123,14 @@ def _message(error: Any) -> str:
     return messages.get(kind) or error["msg"].replace("Input should be ", "must be ")
 
 
-def _locate(doc: _LineDict, loc: Loc) -> int:
+def _locate(doc: LineDict, loc: Loc) -> int:
     """The line of the deepest part of ``loc`` the file has (a missing key: its mapping's)."""
     node: Any = doc
     line = doc.line
     for part in loc:
-        if isinstance(node, _LineDict) and part in node.key_lines:
+        if isinstance(node, LineDict) and part in node.key_lines:
             line = node.key_lines[part]
-        elif isinstance(node, _LineList) and type(part) is int and 0 <= part < len(node):
+        elif isinstance(node, LineList) and type(part) is int and 0 <= part < len(node):
             line = node.item_lines[part]
         else:
             break
@@ -481,7 +139,7 @@ def _locate(doc: _LineDict, loc: Loc) -> int:
 
 
 def _format(
-    where: str, doc: _LineDict, leaders: tuple[str, ...], line: int, loc: Loc, message: str
+    where: str, doc: LineDict, leaders: tuple[str, ...], line: int, loc: Loc, message: str
 ) -> str:
     label = ""
     for part in loc[2:] if _is_job(loc) else loc:
@@ -525,11 +183,11 @@ def _job_id(job: object, leaders: tuple[str, ...]) -> str | None:
     return _text(job.get("id"))
 
 
-def _check_jobs(doc: _LineDict, profile: ApiProfile | None, add: Any) -> None:
+def _check_jobs(doc: LineDict, profile: ApiProfile | None, add: Any) -> None:
     """The rules that need defaults merged in or the whole list: on the raw data, so they
     are reported together with whatever else is wrong."""
     jobs, defaults, accounts = doc.get("jobs"), doc.get("defaults"), doc.get("accounts")
-    if not isinstance(jobs, _LineList):
+    if not isinstance(jobs, LineList):
         return
     defaults = defaults if isinstance(defaults, dict) else {}
     names = {_text(name) for name in accounts} if isinstance(accounts, dict) else None
@@ -559,7 +217,7 @@ def _check_jobs(doc: _LineDict, profile: ApiProfile | None, add: Any) -> None:
 
 
 def _build(
-    path: Path, doc: _LineDict, model: JobFileModel, profile: ApiProfile, builder: _Builder
+    path: Path, doc: LineDict, model: JobFileModel, profile: ApiProfile, builder: Builder
 ) -> Campaign:
     given = model.settings or SettingsModel()
     settings = Settings(
@@ -610,7 +268,7 @@ def _follow_job(
     )
 
 
-def _secret_warnings(doc: _LineDict, model: JobFileModel, builder: _Builder) -> Iterator[str]:
+def _secret_warnings(doc: LineDict, model: JobFileModel, builder: Builder) -> Iterator[str]:
     for name in model.accounts:
         var = "XT_" + re.sub(r"[^A-Z0-9]", "_", name.upper()) + "_SECRET_KEY"
         where = f"{builder.where}:{_locate(doc, ('accounts', name, 'secret_key'))}: account {name}"
