@@ -7,17 +7,19 @@ import asyncio
 import dataclasses
 import json
 import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
 
 from engine import jobfile
 from engine.campaign import Campaign
-from engine.collector import RunStats
 from engine.profiles import PROFILES
-from engine.report import ProgressDisplay, print_summary
+from engine.report import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from engine.results import ResultsFileError
 from engine.run import (
     InsecureTransportError,
@@ -25,16 +27,107 @@ from engine.run import (
     check_transport,
     default_results_path,
     dry_run,
-    run_campaign,
 )
+from engine.schedule import Scheduler, check_results, run_at
 from engine.simulator import SimConfig, serve
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+F = TypeVar("F", bound=Callable[..., Any])
 
 jobs_argument = click.argument("jobs_file", metavar="JOBS.yaml", type=click.Path(path_type=Path))
 api_option = click.option(
     "--api", type=click.Choice(sorted(PROFILES)), help="API profile; overrides settings.api."
 )
+#: What ``run`` and ``schedule`` both take, defined once; ``_Target`` holds the values.
+_TARGET_OPTIONS = (
+    jobs_argument,
+    api_option,
+    click.option("--base-url", help="Exchange URL; overrides base_url."),
+    click.option(
+        "--rate-limit", type=click.FloatRange(min=0, min_open=True), help="Requests/s per key."
+    ),
+    click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight, all keys."),
+    click.option("--max-attempts", type=click.IntRange(min=1), help="Attempts per job, at most."),
+    click.option(
+        "--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per request."
+    ),
+    click.option(
+        "--results", type=click.Path(path_type=Path), help="Results file [JOBS.results.jsonl]."
+    ),
+    click.option("--simulate", is_flag=True, help="Run against the built-in simulated exchange."),
+    click.option(
+        "--sim-latency",
+        type=click.FloatRange(min=0),
+        default=0.02,
+        show_default=True,
+        help="With --simulate: seconds each answer takes.",
+    ),
+    click.option("--insecure", is_flag=True, help="Allow plain http:// beyond loopback."),
+)
+_SETTINGS_OPTIONS = ("rate_limit", "concurrency", "max_attempts", "timeout")
+
+
+def target_options(command: F) -> F:
+    """Decorate ``command`` with the options ``run`` and ``schedule`` share."""
+    for option in reversed(_TARGET_OPTIONS):
+        command = option(command)
+    return command
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """The job file and how to send it, as the command line says."""
+
+    jobs_file: Path
+    api: str | None
+    base_url: str | None
+    rate_limit: float | None
+    concurrency: int | None
+    max_attempts: int | None
+    timeout: float | None
+    results: Path | None
+    simulate: bool
+    sim_latency: float
+    insecure: bool
+
+    def load(self, *, sending: bool = True) -> Campaign:
+        """The job file with the command line applied. Raises ``JobFileError``, and when
+        ``sending`` to plain http:// beyond loopback without --insecure,
+        ``InsecureTransportError``; an allowed one is among the campaign's warnings."""
+        campaign = jobfile.load(self.jobs_file, api=self.api)
+        given = {name: getattr(self, name) for name in _SETTINGS_OPTIONS}
+        settings = dataclasses.replace(
+            campaign.settings, **{name: value for name, value in given.items() if value is not None}
+        )
+        base_url = (self.base_url or campaign.base_url).rstrip("/")
+        campaign = dataclasses.replace(campaign, settings=settings, base_url=base_url)
+        if sending and not self.simulate:
+            warning = check_transport(campaign.base_url, self.insecure)
+            if warning:
+                warnings = (*campaign.warnings, warning.removeprefix("warning: "))
+                campaign = dataclasses.replace(campaign, warnings=warnings)
+        return campaign
+
+    def checked(self, *, sending: bool = True) -> Campaign:
+        """``load``, or exit 2 with every problem; warnings shown."""
+        try:
+            campaign = self.load(sending=sending)
+        except jobfile.JobFileError as exc:
+            _fail(f"{exc}\n{self.jobs_file}: {len(exc.problems)} problem(s); nothing sent")
+        except InsecureTransportError as exc:
+            _fail(str(exc))
+        for warning in campaign.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        return campaign
+
+    def run_options(self, campaign: Campaign, *, fresh: bool = False) -> RunOptions:
+        api = campaign.settings.api
+        sim = (
+            SimConfig(latency=self.sim_latency, rate_limit=api.rate_limit, per_ip=api.per_ip)
+            if self.simulate
+            else None
+        )
+        results = self.results or default_results_path(self.jobs_file)
+        return RunOptions(results=results, fresh=fresh, simulate=sim)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -50,6 +143,17 @@ def _load(jobs_file: Path, api: str | None) -> Campaign:
     for warning in campaign.warnings:
         click.echo(f"warning: {warning}", err=True)
     return campaign
+
+
+def _execute(work: Coroutine[Any, Any, int]) -> NoReturn:
+    """Run ``work`` and exit with its code."""
+    try:
+        code = asyncio.run(work)
+    except ResultsFileError as exc:
+        _fail(f"{exc}; nothing sent")
+    except KeyboardInterrupt:  # a Ctrl-C between two handlers; every result is already written
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,76 +184,62 @@ def schema() -> None:
 
 
 @main.command()
-@jobs_argument
-@api_option
-@click.option("--base-url", help="Exchange URL; overrides base_url.")
-@click.option(
-    "--rate-limit", type=click.FloatRange(min=0, min_open=True), help="Requests/s per key."
-)
-@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight, all keys.")
-@click.option("--max-attempts", type=click.IntRange(min=1), help="Attempts per job, at most.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per request.")
-@click.option(
-    "--results", type=click.Path(path_type=Path), help="Results file [JOBS.results.jsonl]."
-)
+@target_options
+@click.option("--now", is_flag=True, help="Start now, whatever schedule.at or schedule.cron say.")
 @click.option("--fresh", is_flag=True, help="Start over: forget earlier results.")
 @click.option("--dry-run", is_flag=True, help="Print the requests instead of sending them.")
-@click.option("--simulate", is_flag=True, help="Run against the built-in simulated exchange.")
-@click.option(
-    "--sim-latency",
-    type=click.FloatRange(min=0),
-    default=0.02,
-    show_default=True,
-    help="With --simulate: seconds each answer takes.",
-)
-@click.option("--insecure", is_flag=True, help="Allow plain http:// beyond loopback.")
-def run(
-    jobs_file: Path,
-    api: str | None,
-    dry_run: bool,
-    simulate: bool,
-    sim_latency: float,
-    results: Path | None,
-    fresh: bool,
-    insecure: bool,
-    base_url: str | None,
-    **overrides: Any,
-) -> None:
-    """Send every job of JOBS.yaml not already ok in the results file."""
-    campaign = _load(jobs_file, api)
-    campaign = _apply_overrides(campaign, base_url, overrides)
+def run(now: bool, fresh: bool, dry_run: bool, **target: Any) -> None:
+    """Send every job of JOBS.yaml not already ok in the results file, at schedule.at if the
+    file sets it. A file with schedule.cron is for `follow-engine schedule` (or --now)."""
+    where = _Target(**target)
     if dry_run:
-        _print_dry_run(campaign)
+        _print_dry_run(where.checked(sending=False))
         return
-    if not simulate:
-        try:
-            warning = check_transport(campaign.base_url, insecure)
-        except InsecureTransportError as exc:
-            _fail(str(exc))
-        if warning:
-            click.echo(warning, err=True)
-    settings = campaign.settings
-    sim = (
-        SimConfig(
-            latency=sim_latency, rate_limit=settings.api.rate_limit, per_ip=settings.api.per_ip
+    campaign = where.checked()
+    start = None if now else _start(campaign)
+    options = where.run_options(campaign, fresh=fresh)
+    if start is not None:
+        _check_results(options.results)
+    _execute(run_at(campaign, options, Console(highlight=False), start))
+
+
+def _start(campaign: Campaign) -> datetime | None:
+    """The file's ``schedule.at``; a ``cron`` file is refused, as ``run`` runs once."""
+    schedule = campaign.schedule
+    if schedule is not None and schedule.cron is not None:
+        _fail(
+            f"{campaign.path}: schedule.cron {schedule.cron!r} repeats: run it with "
+            "`follow-engine schedule` (or once now with `run --now`); nothing sent"
         )
-        if simulate
-        else None
-    )
-    options = RunOptions(
-        results=results or default_results_path(jobs_file), fresh=fresh, simulate=sim
-    )
-    sys.exit(_run(campaign, options))
+    return schedule.at if schedule is not None else None
 
 
-def _apply_overrides(
-    campaign: Campaign, base_url: str | None, overrides: dict[str, Any]
-) -> Campaign:
-    given = {name: value for name, value in overrides.items() if value is not None}
-    settings = dataclasses.replace(campaign.settings, **given)
-    return dataclasses.replace(
-        campaign, settings=settings, base_url=(base_url or campaign.base_url).rstrip("/")
-    )
+def _check_results(results: Path) -> None:
+    try:
+        check_results(results)
+    except ResultsFileError as exc:
+        _fail(f"{exc}; nothing sent")
+
+
+@main.command()
+@target_options
+@click.option("--once", is_flag=True, help="Run the next firing (or one due this minute), exit.")
+def schedule(once: bool, **target: Any) -> None:
+    """Run JOBS.yaml's schedule.cron campaign until stopped: at each firing, re-read the file
+    and send every job not already ok in the results file."""
+    where = _Target(**target)
+    campaign = where.checked()
+    if campaign.schedule is None or campaign.schedule.cron is None:
+        hint = (
+            "it has schedule.at, a single start: use `follow-engine run`"
+            if campaign.schedule is not None
+            else "add schedule: {cron: ...}"
+        )
+        _fail(f"{campaign.path}: no schedule.cron to run; {hint}; nothing sent")
+    options = where.run_options(campaign)
+    _check_results(options.results)
+    scheduler = Scheduler(where.load, campaign, options, Console(highlight=False))
+    _execute(scheduler.run(once=once))
 
 
 def _print_dry_run(campaign: Campaign) -> None:
@@ -160,47 +250,6 @@ def _print_dry_run(campaign: Campaign) -> None:
             click.echo(f"{name}: {value}")
         click.echo(f"\n{request.body}\n")
     click.echo(f"dry run: {len(campaign.jobs)} requests shown, none sent", err=True)
-
-
-def _run(campaign: Campaign, options: RunOptions) -> int:
-    """Run and summarise; the exit code."""
-    display: ProgressDisplay | None = None
-
-    def on_start(stats: RunStats) -> None:
-        nonlocal display
-        if stats.skipped:
-            click.echo(f"skipping {stats.skipped} jobs already ok in {options.results}", err=True)
-        display = ProgressDisplay(stats)
-        display.start()
-
-    def on_result(result: Any) -> None:
-        if display is not None:
-            display.on_result(result)
-
-    options = dataclasses.replace(options, on_start=on_start, on_result=on_result)
-    try:
-        stats = asyncio.run(run_campaign(campaign, options))
-    except ResultsFileError as exc:
-        _fail(f"{exc}; nothing sent")
-    finally:
-        if display is not None:
-            display.close()
-    return _report(stats, campaign, options)
-
-
-def _report(stats: RunStats, campaign: Campaign, options: RunOptions) -> int:
-    print_summary(stats, campaign.settings.rate_limit, Console(highlight=False))
-    click.echo(f"results: {options.results}")
-    if stats.write_error:
-        click.echo(
-            f"error: {stats.write_error}; stopped sending. Unrecorded results follow:", err=True
-        )
-        for result in stats.unrecorded:
-            click.echo(result.to_json(), err=True)
-        return EXIT_FAILED
-    if stats.interrupted:
-        return EXIT_INTERRUPTED
-    return EXIT_OK if stats.failed == 0 else EXIT_FAILED
 
 
 @main.command()

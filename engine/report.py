@@ -1,21 +1,33 @@
-"""What a person sees: progress while a campaign runs, a summary when it ends."""
+"""What a person sees: a countdown before a start, progress while a campaign runs, a summary
+and an exit code when it ends. Every time shown is ISO 8601 UTC."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import statistics
 import sys
 import time
+from datetime import datetime, timezone
 from typing import TextIO
 
 from rich.console import Console
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
+from engine.campaign import Campaign
 from engine.collector import RunStats
 from engine.results import JobResult
+from engine.run import RunOptions, run_campaign
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 #: Seconds between plain progress lines when output is not a terminal.
 PLAIN_INTERVAL = 5.0
+#: Seconds between plain countdown lines when output is not a terminal: a log needs few.
+PLAIN_COUNTDOWN_INTERVAL = 600.0
 #: Busiest keys listed in the summary.
 TOP_KEYS = 5
 
@@ -105,3 +117,93 @@ def print_summary(stats: RunStats, rate_limit: float, console: Console) -> None:
 
 def _cell(value: object) -> str:
     return "-" if value is None else str(value)
+
+
+def iso_utc(moment: datetime) -> str:
+    """``2026-12-01T09:00:00Z``: how every time is shown, whatever zone it was given in."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def duration(seconds: float) -> str:
+    """``1h 02m 03s``: whole seconds, rounded up so a countdown never shows 0 early."""
+    whole = math.ceil(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+class Countdown:
+    """Time left until ``moment``: one plain line first, then a live line on a terminal, or a
+    plain line every ten minutes elsewhere (a log wants to know it is alive, not every second)."""
+
+    def __init__(self, moment: datetime, what: str, stream: TextIO) -> None:
+        self.moment = moment
+        self.what = what
+        self.stream = stream
+        self._console = Console(file=stream, highlight=False)
+        #: Seconds between updates; the waiter reads its clock this often.
+        self.interval = 1.0 if self._console.is_terminal else 60.0
+        self._live: Live | None = None
+        self._last_line: float | None = None
+
+    def update(self, left: float) -> None:
+        line = f"{self.what} at {iso_utc(self.moment)}, in {duration(left)}"
+        if self._last_line is None:
+            print(f"{line} (interrupt to cancel)", file=self.stream, flush=True)
+            self._last_line = left
+            if self._console.is_terminal:
+                self._live = Live(console=self._console, transient=True, auto_refresh=False)
+                self._live.start()
+        elif self._live is not None:
+            self._live.update(Text(line), refresh=True)
+        elif self._last_line - left >= PLAIN_COUNTDOWN_INTERVAL:
+            print(line, file=self.stream, flush=True)
+            self._last_line = left
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+async def run_and_report(
+    campaign: Campaign, options: RunOptions, console: Console, stream: TextIO
+) -> int:
+    """One run as a person sees it, for ``run`` and for each firing of ``schedule``: progress
+    on ``stream``, the summary on ``console``; the exit code. Raises ``ResultsFileError``, as
+    ``run_campaign`` does, before anything is sent."""
+    display: ProgressDisplay | None = None
+
+    def on_start(stats: RunStats) -> None:
+        nonlocal display
+        if stats.skipped:
+            print(
+                f"skipping {stats.skipped} jobs already ok in {options.results}",
+                file=stream,
+                flush=True,
+            )
+        display = ProgressDisplay(stats, stream)
+        display.start()
+
+    def on_result(result: JobResult) -> None:
+        if display is not None:
+            display.on_result(result)
+
+    options = dataclasses.replace(options, on_start=on_start, on_result=on_result)
+    try:
+        stats = await run_campaign(campaign, options)
+    finally:
+        if display is not None:
+            display.close()
+    print_summary(stats, campaign.settings.rate_limit, console)
+    console.print(f"results: {options.results}", markup=False, highlight=False, soft_wrap=True)
+    if stats.write_error:
+        print(
+            f"error: {stats.write_error}; stopped sending. Unrecorded results follow:", file=stream
+        )
+        for result in stats.unrecorded:
+            print(result.to_json(), file=stream)
+        return EXIT_FAILED
+    if stats.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if stats.failed == 0 else EXIT_FAILED
