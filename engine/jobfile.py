@@ -44,6 +44,7 @@ from engine.yamlread import (
     LineList,
     Loc,
     gc_paused,
+    printable,
     read_file,
 )
 
@@ -95,8 +96,37 @@ def _campaign(path: Path, doc: LineDict, builder: Builder, api: str | None) -> C
     if problems or model is None or profile is None:
         leaders = _leaders(profile)
         problems.sort(key=lambda problem: problem[0])
-        raise JobFileError([_format(builder.where, doc, leaders, *p) for p in problems])
+        raise JobFileError(
+            _redact([_format(builder.where, doc, leaders, *p) for p in problems], doc)
+        )
     return _build(path, doc, model, profile, builder)
+
+
+#: A secret shorter than this is no real key, and blotting it out would garble messages.
+_MIN_SECRET = 6
+
+
+def _secrets(doc: LineDict) -> list[str]:
+    """Every account's secret key as read (``${VAR}`` resolved), longest first."""
+    accounts = doc.get("accounts")
+    found = {
+        secret
+        for account in (accounts.values() if isinstance(accounts, dict) else ())
+        if isinstance(account, dict)
+        and isinstance(secret := account.get("secret_key"), str)
+        and len(secret) >= _MIN_SECRET
+    }
+    return sorted(found, key=len, reverse=True)
+
+
+def _redact(messages: list[str], doc: LineDict) -> list[str]:
+    """``messages`` with any secret key blotted out: a value quoted back to the user (a job
+    id, a symbol) may be a secret put in the wrong place, ``${XT_ALICE_SECRET_KEY}``."""
+    everything = "\n".join(messages)
+    found = [secret for secret in _secrets(doc) if secret in everything]
+    for secret in found:  # rarely any: the common case costs one scan per secret
+        messages = [message.replace(secret, "<secret>") for message in messages]
+    return messages
 
 
 def _message(error: Any) -> str:
@@ -147,8 +177,10 @@ def _format(
             continue
         label += f"[{part}]" if type(part) is int else f".{part}" if label else str(part)
     if _is_job(loc):
-        jobs = doc["jobs"]
-        job = f"job {_job_id(jobs[loc[1]], leaders) or '?'} (jobs[{loc[1]}])"
+        # Not always there: a problem inside a duplicate ``jobs:`` the reader set aside.
+        jobs = doc.get("jobs")
+        entry = jobs[loc[1]] if isinstance(jobs, list) and loc[1] < len(jobs) else None
+        job = f"job {_job_id(entry, leaders) or '?'} (jobs[{loc[1]}])"
         label = f"{job}: {label}" if label else job
     return f"{where}:{line}: {label}: {message}" if label else f"{where}:{line}: {message}"
 
@@ -243,7 +275,7 @@ def _build(
         },
         jobs=jobs,
         schedule=schedule,
-        warnings=tuple(_secret_warnings(doc, model, builder)),
+        warnings=tuple(printable(w) for w in _secret_warnings(doc, model, builder)),
     )
 
 

@@ -6,13 +6,20 @@
 window: a lane admits at most one request per window, so ``n`` lanes admit at
 most ``n`` in any window, yet a key may still send its ``n`` at once and then
 ``n`` again one period later. That is as fast as a sliding-window limit allows.
+
+The exchange counts arrivals, not admissions, and a request can leave well after
+it was admitted (a burst's new connections, a busy event loop, a lost SYN). With
+``track_sends`` the caller reports when each request left (``sent``) or that it is
+done with it (``release``); until then its lane admits nothing, and after ``sent``
+nothing for one period. Lanes are made as first used, so a limit lifted to
+100,000/s costs nothing up front.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from itertools import cycle
+from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
@@ -21,35 +28,76 @@ from aiolimiter import AsyncLimiter
 DEFAULT_MARGIN = 0.05
 
 
+@dataclass(slots=True, eq=False)
+class _Lane:
+    bucket: AsyncLimiter
+    #: No admission before this loop time: its last request left, plus one period.
+    free_at: float = 0.0
+    #: Set while the lane's last admitted request has neither left nor been released.
+    held: asyncio.Event | None = None
+
+
 class KeyLimiter:
     """At most ``rate`` requests in any ``window`` seconds for one key."""
 
-    def __init__(self, rate: float, window: float = 1.0, margin: float = DEFAULT_MARGIN) -> None:
+    def __init__(
+        self,
+        rate: float,
+        window: float = 1.0,
+        margin: float = DEFAULT_MARGIN,
+        *,
+        track_sends: bool = False,
+    ) -> None:
         if rate <= 0 or window <= 0 or margin < 0:
             raise ValueError("rate and window must be positive, margin not negative")
-        lanes = max(1, math.floor(rate * window))
         self.rate = rate
         self.window = window
+        self.track_sends = track_sends
+        self._count = max(1, math.floor(rate * window))
         #: Seconds between two requests of one lane.
-        self.period = max(window, lanes / rate) * (1 + margin)
-        self._lanes = [AsyncLimiter(1, self.period) for _ in range(lanes)]
-        self._next_lane = cycle(self._lanes)
+        self.period = max(window, self._count / rate) * (1 + margin)
+        self._lanes: list[_Lane] = []
+        self._next_lane = 0
         self._paused_until = 0.0
 
     @property
     def lanes(self) -> int:
-        return len(self._lanes)
+        return self._count
 
-    async def acquire(self) -> None:
-        """Wait until one more request may be sent now; send it straight after."""
+    async def acquire(self) -> int:
+        """Wait until one more request may be sent now; send it straight after. Returns its
+        lane, for ``sent`` and ``release`` when tracking sends."""
         loop = asyncio.get_running_loop()
+        index = self._next_lane
+        self._next_lane = (index + 1) % self._count
+        if index == len(self._lanes):
+            self._lanes.append(_Lane(AsyncLimiter(1, self.period)))
+        lane = self._lanes[index]
         while True:
             if (wait := self._paused_until - loop.time()) > 0:
                 await asyncio.sleep(wait)
-            await next(self._next_lane).acquire()
+            await lane.bucket.acquire()
+            while lane.held is not None or lane.free_at > loop.time():
+                if lane.held is not None:
+                    await lane.held.wait()
+                else:
+                    await asyncio.sleep(lane.free_at - loop.time())
             if self._paused_until <= loop.time():
-                return
+                if self.track_sends:
+                    lane.held = asyncio.Event()
+                return index
             # Paused while queued: the lane's slot is forfeit, take a fresh one after the pause.
+
+    def sent(self, lane: int) -> None:
+        """The request admitted on ``lane`` left just now: the lane waits one period from here."""
+        self._lanes[lane].free_at = asyncio.get_running_loop().time() + self.period
+        self.release(lane)
+
+    def release(self, lane: int) -> None:
+        """Done with the request admitted on ``lane`` (sent or not): stop holding the lane."""
+        held, self._lanes[lane].held = self._lanes[lane].held, None
+        if held is not None:
+            held.set()
 
     def pause(self, seconds: float) -> None:
         """Hold every lane back for ``seconds`` (the exchange said we went too fast)."""

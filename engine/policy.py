@@ -55,16 +55,18 @@ def judge(outcome: Answer | TransportError) -> Decision:
         )
     if status >= 500:
         return Decision(Verdict.RETRY, f"HTTP {status}", retry_after=outcome.retry_after)
+    # XT answers 200; any 2xx (a proxy's 202 or 204) still means the request was taken in.
+    taken = 200 <= status < 300
     if envelope is None:
-        if status != 200:
+        if not taken:
             return Decision(Verdict.FAIL, f"HTTP {status}: {outcome.excerpt!r}")
-        # A 200 we cannot read may still have been acted on.
+        # A 2xx we cannot read may still have been acted on.
         return Decision(
             Verdict.RETRY,
-            f"HTTP 200 with a body that is not XT's JSON: {outcome.excerpt!r}",
+            f"HTTP {status} with a body that is not XT's JSON: {outcome.excerpt!r}",
             ambiguous=True,
         )
-    if envelope.rc == 0 and status == 200:
+    if envelope.rc == 0 and taken:
         return Decision(Verdict.OK)
     mc = envelope.mc
     if mc in TRANSIENT_CODES:

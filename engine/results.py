@@ -1,19 +1,25 @@
 """The results file: one JSON line per finished job, the only record of a run.
 
-``ResultLog`` is its only writer. Each line is written and flushed the moment a
-job ends, so a crash loses nothing already decided; a job's state is its last
-line. The file is locked while a run holds it, so two runs cannot both send the
-same follows.
+``ResultLog`` is its only writer. Each line is handed to the OS the moment a job
+ends, so a kill loses nothing already decided; a job's state is its last line.
+The file is locked while a run holds it, so two runs cannot both send the same
+follows.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
+import os
+import resource
 import shutil
+import stat
 from dataclasses import asdict, dataclass
+from io import FileIO
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 #: Below this much free space a run refuses to start: it could not record what it sends.
 MIN_FREE_BYTES = 1 << 20
@@ -68,7 +74,7 @@ def parse_results(lines: list[str], name: str) -> PastResults:
             continue
         try:
             line = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the stack
             line = None
         if not isinstance(line, dict) or not isinstance(line.get("job"), str):
             warnings.append(f"{name}:{number}: skipped a line that is not a whole result")
@@ -78,53 +84,100 @@ def parse_results(lines: list[str], name: str) -> PastResults:
 
 
 class ResultLog:
-    """Appends results to ``path``, holding an exclusive lock on it while open."""
+    """Appends results to ``path``, holding an exclusive lock on it while open.
+
+    Lines go straight to the file descriptor, unbuffered: a line the OS took is on
+    record even if the process is killed the next instant, and a line it refused leaves
+    nothing queued behind to fail again at close. A line the disk took only part of is
+    cut off again, so the file holds whole lines only.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: IO[str] | None = None
+        self._file: FileIO | None = None
 
     def open(self, *, fresh: bool = False) -> PastResults:
-        """Lock the file and read what earlier runs recorded (nothing when ``fresh``)."""
+        """Lock the file and read what earlier runs recorded (nothing when ``fresh``).
+        Raises ``ResultsFileError`` when a run could not record what it sends."""
         try:
-            file = self.path.open("a+", encoding="utf-8")
+            file = FileIO(self.path, "a+")
         except OSError as exc:
             raise ResultsFileError(
                 f"{self.path}: cannot open results file: {exc.strerror}"
             ) from None
         try:
+            self._check(file)
+            self._file = file
+            if fresh:
+                file.truncate(0)
+                return PastResults({}, [])
+            file.seek(0)
+            data = file.readall()
+            if data and not data.endswith(b"\n"):
+                # A torn last line (a kill mid-write) must not glue itself to the next record.
+                self._append(b"\n")
+        except OSError as exc:
+            self.close()
+            file.close()
+            message = f"{self.path}: cannot use results file: {exc.strerror}"
+            raise ResultsFileError(message) from None
+        except BaseException:
+            self.close()
+            file.close()
+            raise
+        return parse_results(data.decode("utf-8", "replace").split("\n"), str(self.path))
+
+    def _check(self, file: FileIO) -> None:
+        """Lock ``file`` and make sure it can take lines, else ``ResultsFileError``."""
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            # A device or a FIFO: read never ends (/dev/zero) or blocks, or lines vanish.
+            raise ResultsFileError(f"{self.path}: not a regular file; not starting")
+        try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            file.close()
             raise ResultsFileError(
                 f"{self.path}: results file is in use by another run; not starting"
             ) from None
-        self._file = file
         free = shutil.disk_usage(self.path.parent).free
         if free < MIN_FREE_BYTES:
-            self.close()
             raise ResultsFileError(f"{self.path}: only {free} bytes free; not starting")
-        if fresh:
-            file.truncate(0)
-            return PastResults({}, [])
-        file.seek(0)
-        text = file.read()
-        if text and not text.endswith("\n"):
-            # A torn last line (a kill mid-write) must not glue itself to the next record.
-            file.write("\n")
-            file.flush()
-        return parse_results(text.splitlines(), str(self.path))
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        room = limit - os.fstat(file.fileno()).st_size
+        if limit != resource.RLIM_INFINITY and room < MIN_FREE_BYTES:
+            raise ResultsFileError(
+                f"{self.path}: the file size limit (ulimit -f) leaves room for "
+                f"{max(room, 0)} bytes; not starting"
+            )
 
     def record(self, result: JobResult) -> None:
-        """Write and flush one line. Raises ``ResultsFileError`` when it cannot be kept."""
-        assert self._file is not None, "ResultLog.open() first"
+        """Write one line. Raises ``ResultsFileError`` when it cannot be kept."""
+        self._append((result.to_json() + "\n").encode())
+
+    def _append(self, data: bytes) -> None:
+        file = self._file
+        assert file is not None, "ResultLog.open() first"
+        fd = file.fileno()
         try:
-            self._file.write(result.to_json() + "\n")
-            self._file.flush()
+            size = os.fstat(fd).st_size
         except OSError as exc:
+            raise ResultsFileError(f"{self.path}: cannot write results: {exc.strerror}") from None
+        view = memoryview(data)
+        try:
+            while view:
+                written = file.write(view)
+                if not written:
+                    raise OSError(errno.EIO, "the file took no bytes")
+                view = view[written:]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # whole lines only: take back the part written
             raise ResultsFileError(f"{self.path}: cannot write results: {exc.strerror}") from None
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Close, the lines pushed to the disk first. Never raises: nothing is pending."""
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                os.fsync(file.fileno())
+            with contextlib.suppress(OSError):
+                file.close()

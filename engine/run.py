@@ -14,7 +14,8 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+
+from yarl import URL
 
 from engine.campaign import Campaign
 from engine.client import PreparedRequest, XtClient
@@ -22,6 +23,9 @@ from engine.collector import Collector, RunStats
 from engine.results import JobResult, ResultLog
 from engine.runner import Runner
 from engine.simulator import SimConfig, Simulator
+
+#: Skipped lines of the results file named one by one; a file full of them gets a count.
+MAX_LINE_WARNINGS = 20
 
 
 class InsecureTransportError(Exception):
@@ -43,16 +47,28 @@ def default_results_path(jobs_file: Path) -> Path:
 
 
 def check_transport(base_url: str, insecure: bool) -> str | None:
-    """Refuse plain http:// beyond loopback unless ``insecure``; return a warning if allowed."""
-    parts = urlsplit(base_url)
-    if parts.scheme != "http" or _is_loopback(parts.hostname or ""):
+    """Refuse plain http:// beyond loopback unless ``insecure``; return a warning if allowed.
+
+    The host is read as aiohttp will read it (yarl), not by a second parser that might
+    see loopback where aiohttp sees another host. A URL yarl cannot read is refused.
+    """
+    try:
+        url = URL(base_url)
+        host = url.host
+    except ValueError:
+        host = None
+    if host is None or url.scheme not in ("http", "https"):
+        raise InsecureTransportError(
+            f"{base_url!r}: not an http(s) URL with a host, such as https://sapi.xt.com"
+        )
+    if url.scheme == "https" or _is_loopback(host):
         return None
     if not insecure:
         raise InsecureTransportError(
             f"{base_url}: refusing to send API keys and signatures over plain http:// to a "
             "host that is not loopback; use https:// or pass --insecure"
         )
-    return f"warning: sending credentials over plain http:// to {parts.hostname} (--insecure)"
+    return f"warning: sending credentials over plain http:// to {host} (--insecure)"
 
 
 def _is_loopback(host: str) -> bool:
@@ -81,13 +97,17 @@ async def run_campaign(campaign: Campaign, options: RunOptions) -> RunStats:
     log = ResultLog(options.results)
     past = log.open(fresh=options.fresh)
     try:
-        for warning in past.warnings:
+        for warning in past.warnings[:MAX_LINE_WARNINGS]:
             print(f"warning: {warning}", file=sys.stderr)
+        if (more := len(past.warnings) - MAX_LINE_WARNINGS) > 0:
+            print(f"warning: {options.results}: {more} more lines skipped", file=sys.stderr)
         done = past.ok_jobs()
         jobs = [job for job in campaign.jobs if job.id not in done]
         collector = Collector(log, on_result=options.on_result)
         collector.stats.skipped = len(campaign.jobs) - len(jobs)
         async with AsyncExitStack() as stack:
+            # Entered first so that it is left last: no moment of the run without a handler.
+            signals = stack.enter_context(_StopOnSignals(collector.stats))
             base_url = campaign.base_url
             if options.simulate is not None:
                 simulator = Simulator(
@@ -105,7 +125,7 @@ async def run_campaign(campaign: Campaign, options: RunOptions) -> RunStats:
             )
             stack.push_async_callback(client.close)
             runner = Runner(campaign, client, collector)
-            stack.enter_context(_stop_on_signals(runner))
+            signals.attach(runner)
             if options.on_start is not None:
                 options.on_start(collector.stats)
             return await runner.run(jobs)
@@ -113,35 +133,51 @@ async def run_campaign(campaign: Campaign, options: RunOptions) -> RunStats:
         log.close()
 
 
-class _stop_on_signals:
+class _StopOnSignals:
     """First SIGINT/SIGTERM: stop dispatching, let requests in flight finish.
-    Second: stop at once. Either way every recorded line stays recorded."""
+    Second: stop at once. Either way every recorded line stays recorded. A signal
+    that comes before the runner exists stops it as soon as it does."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, runner: Runner) -> None:
-        self.runner = runner
+    def __init__(self, stats: RunStats) -> None:
+        self.stats = stats
+        self.runner: Runner | None = None
+        self.aborting = False
         self.loop = asyncio.get_running_loop()
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _StopOnSignals:
         for sig in self.SIGNALS:
             self.loop.add_signal_handler(sig, self._on_signal)
+        return self
 
     def __exit__(self, *exc: object) -> None:
         for sig in self.SIGNALS:
             self.loop.remove_signal_handler(sig)
 
+    def attach(self, runner: Runner) -> None:
+        self.runner = runner
+        if self.stats.interrupted:
+            self._stop()
+
     def _on_signal(self) -> None:
-        stats = self.runner.stats
-        if stats.interrupted:
+        if self.stats.interrupted:
             print("stopping now", file=sys.stderr, flush=True)
-            self.runner.abort()
+            self.aborting = True
+        else:
+            self.stats.interrupted = True
+            print(
+                "stopping: no new requests; requests in flight get a few seconds to finish "
+                "(interrupt again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+        self._stop()
+
+    def _stop(self) -> None:
+        if self.runner is None:
             return
-        stats.interrupted = True
-        print(
-            f"stopping: no new requests; waiting up to {self.runner.grace:g} s for those in "
-            "flight (interrupt again to stop at once)",
-            file=sys.stderr,
-            flush=True,
-        )
-        self.runner.stop()
+        if self.aborting:
+            self.runner.abort()
+        else:
+            self.runner.stop()

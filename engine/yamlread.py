@@ -54,8 +54,17 @@ class JobFileError(Exception):
     """The job file cannot be run; ``problems`` holds every reason, one line each."""
 
     def __init__(self, problems: list[str]) -> None:
+        problems = [printable(problem) for problem in problems]
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: a key or id quoted back from the file could
+    otherwise break a problem over lines or send escape codes to the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class LineDict(dict[Any, Any]):

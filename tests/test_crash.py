@@ -1,0 +1,226 @@
+"""Kill -9 at random points, torn lines, two engines at once: nothing is lost, nothing is sent
+twice except what was in flight at the kill.
+
+The engine runs as a process of its own; the simulator lives in the test, so what the
+"exchange" accepted outlives every kill and is compared with what the results file says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.run import MAX_LINE_WARNINGS
+from engine.simulator import TIME_PATH, SimConfig, Simulator
+from tests.procs import (
+    Finished,
+    accounts_table,
+    engine_env,
+    finish,
+    job_file,
+    job_ids,
+    key_of,
+    last_lines,
+    ok_jobs,
+    run_engine,
+    spawn,
+)
+
+SEED = 20261125
+KILLS = 24
+CONCURRENCY = 4
+#: Far more jobs than the kills leave time for, so every kill lands mid-campaign.
+ACCOUNTS = {"alice": 150, "bob": 150, "carol": 150}
+#: High limits on both sides keep the test fast; the limit itself is proven elsewhere.
+RATE = 1000
+
+
+@dataclass
+class Kill:
+    """What one killed run sent and what the file held after it."""
+
+    sent: set[str]
+    ok_after: set[str]
+    #: The job whose line the test cut in half after the kill, as a kill mid-write would.
+    torn: str | None
+
+    @property
+    def in_flight(self) -> set[str]:
+        """Sent but not on record as ok: the only follows the next run may send again."""
+        return (self.sent | ({self.torn} if self.torn else set())) - self.ok_after
+
+
+async def quiet(sim: Simulator, period: float = 0.05) -> None:
+    """Requests a killed engine had already written to its sockets may still be read by the
+    simulator after the engine is gone; return once none has come for ``period``. There is
+    no event for "nothing more will come", so this one waits on time."""
+    while True:
+        seen = len(sim.arrivals)
+        await asyncio.sleep(period)
+        if len(sim.arrivals) == seen:
+            return
+
+
+def tear_last_line(results: Path) -> str | None:
+    """Cut the file's last line in half, as a kill in the middle of writing it would; the
+    job it named, or None when there is no whole last line to cut."""
+    text = results.read_text() if results.exists() else ""
+    if not text.endswith("\n"):
+        return None
+    head, _, last = text[:-1].rpartition("\n")
+    try:
+        job = json.loads(last)["job"]
+    except (ValueError, TypeError, KeyError):  # torn already, and no line written since
+        return None
+    results.write_text((head + "\n" if head else "") + last[: len(last) // 2])
+    return job
+
+
+async def test_kill_9_at_random_points_loses_nothing_and_resends_only_what_was_in_flight(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(SEED)
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(job_file(ACCOUNTS))
+    results = tmp_path / "jobs.results.jsonl"
+    ids = job_ids(ACCOUNTS)
+    env = engine_env(ACCOUNTS)
+    args = (
+        "run",
+        str(jobs),
+        "--results",
+        str(results),
+        "--rate-limit",
+        str(RATE),
+        "--concurrency",
+        str(CONCURRENCY),
+    )
+    kills: list[Kill] = []
+    config = SimConfig(latency=0.01, rate_limit=RATE)
+    async with Simulator(accounts_table(ACCOUNTS), config) as sim:
+        url = ("--base-url", sim.base_url or "")
+        for number in range(KILLS):
+            first = len(sim.arrivals)
+            out, err = tmp_path / f"kill{number}.out", tmp_path / f"kill{number}.err"
+            process = await spawn(*args, *url, env=env, out=out, err=err)
+            if number % 6 == 5:
+                # Anywhere in start-up: reading the job file, opening the results file, the
+                # first requests.
+                await asyncio.sleep(rng.uniform(0.0, 0.8))
+            else:
+                arrived = asyncio.ensure_future(
+                    sim.wait_for_arrivals(first + rng.randint(1, 3 * CONCURRENCY))
+                )
+                exited = asyncio.ensure_future(process.wait())
+                await asyncio.wait(
+                    {arrived, exited}, timeout=30, return_when=asyncio.FIRST_COMPLETED
+                )
+                arrived.cancel()
+                exited.cancel()
+                assert process.returncode is None, "the engine ended before its kill point"
+                # Then the kill lands anywhere: between sends, mid-answer, mid-record.
+                await asyncio.sleep(rng.uniform(0.0, 0.01))
+            process.kill()
+            killed = await finish(process, out, err)
+            assert "Traceback" not in killed.err
+            await quiet(sim)
+            torn = tear_last_line(results) if rng.random() < 0.3 else None
+            sent = [ids[a.leader_id] for a in sim.arrivals[first:] if a.path != TIME_PATH]
+            assert len(sent) == len(set(sent)), "a run sent one job twice"
+            ok_before = kills[-1].ok_after if kills else set()
+            assert not set(sent) & ok_before, "a job already ok was sent again"
+            kills.append(Kill(set(sent), ok_jobs(results), torn))
+
+        first = len(sim.arrivals)
+        final = await run_engine(*args, *url, env=env, workdir=tmp_path, name="final")
+        assert final.code == 0, final.err
+        final_sent = {ids[a.leader_id] for a in sim.arrivals[first:]}
+        assert not final_sent & kills[-1].ok_after, "a job already ok was sent again"
+
+    torn = sum(k.torn is not None for k in kills)
+    assert torn >= 3, "too few torn lines for this test to mean much"
+    assert sum(1 for k in kills if k.sent) >= 20, "fewer than 20 kills landed mid-campaign"
+    # Each torn line is skipped with a warning on every later read, never a crash.
+    skipped = final.err.count("skipped a line that is not a whole result")
+    assert skipped >= torn
+    assert "Traceback" not in final.err
+
+    # Every job ends ok: its last line says so.
+    last, warnings = last_lines(results)
+    assert {job: line["status"] for job, line in last.items()} == dict.fromkeys(ids.values(), "ok")
+    assert skipped == min(len(warnings), MAX_LINE_WARNINGS)
+
+    # None lost, and duplicates only where a kill caught the follow in flight.
+    sends = Counter(job for run in [*(k.sent for k in kills), final_sent] for job in run)
+    accepted = {ids[leader]: n for (_, leader), n in sim.accepted.items() if leader is not None}
+    assert accepted == dict(sends), "the exchange accepted what the engine did not send"
+    assert set(accepted) == set(ids.values())
+    in_flight = [k.in_flight for k in kills]
+    for kill in kills:
+        # Each held a concurrency slot; the torn line's job had finished, and is one more.
+        assert len(kill.in_flight) <= CONCURRENCY + (kill.torn is not None)
+    duplicated = {job for job, n in accepted.items() if n > 1}
+    assert duplicated <= set().union(*in_flight)
+    for job, n in accepted.items():
+        assert n == 1 + sum(job in flight for flight in in_flight)
+    assert duplicated, "no kill caught a follow in flight: the kill points are too tame"
+
+    assert sim.violations == 0
+    assert {a.mc for a in sim.arrivals} == {"SUCCESS"}
+    assert {a.api_key for a in sim.arrivals} == {key_of(a) for a in ACCOUNTS}
+
+
+SMALL = {"alice": 20, "bob": 20}
+
+
+async def _second_engine(tmp_path: Path, *extra: str) -> tuple[Finished, Finished, Simulator]:
+    """A first engine holding the results file mid-run, and a second started on it."""
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(job_file(SMALL))
+    env = engine_env(SMALL)
+    async with Simulator(accounts_table(SMALL), SimConfig(latency=0.05)) as sim:
+        args = ("run", str(jobs), "--base-url", sim.base_url or "", "--concurrency", "2")
+        out, err = tmp_path / "first.out", tmp_path / "first.err"
+        first = await spawn(*args, env=env, out=out, err=err)
+        await sim.wait_for_arrivals(1)
+        second = await run_engine(*args, *extra, env=env, workdir=tmp_path, name="second")
+        first_done = await finish(first, out, err)
+    return first_done, second, sim
+
+
+async def test_a_second_engine_on_the_same_results_file_refuses_and_sends_nothing(
+    tmp_path: Path,
+) -> None:
+    first, second, sim = await _second_engine(tmp_path, "--fresh")
+    assert second.code == 2, second.output
+    assert "in use by another run" in second.err and "nothing sent" in second.err
+    assert first.code == 0, first.err
+    # --fresh did not wipe what the first engine was writing, and nothing went out twice.
+    assert len(ok_jobs(tmp_path / "jobs.results.jsonl")) == 40
+    assert len(sim.arrivals) == 40
+    assert set(sim.accepted.values()) == {1}
+
+
+async def test_two_engines_started_together_never_both_send(tmp_path: Path) -> None:
+    """Whichever locks the file first runs; the other refuses. (Were the second held up for
+    the whole of the first's run, it would find every job ok and send nothing: also safe.)"""
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(job_file(SMALL))
+    env = engine_env(SMALL)
+    async with Simulator(accounts_table(SMALL), SimConfig(latency=0.05)) as sim:
+        args = ("run", str(jobs), "--base-url", sim.base_url or "", "--concurrency", "2")
+        both = await asyncio.gather(
+            run_engine(*args, env=env, workdir=tmp_path, name="a"),
+            run_engine(*args, env=env, workdir=tmp_path, name="b"),
+        )
+    first, second = sorted(both, key=lambda run: run.code)
+    assert first.code == 0, first.output
+    assert second.code == 2 or "skipping 40 jobs already ok" in second.err, second.output
+    if second.code == 2:
+        assert "in use by another run" in second.err
+    assert len(sim.arrivals) == 40
+    assert set(sim.accepted.values()) == {1}

@@ -1,0 +1,304 @@
+"""The exchange misbehaving in every way at once, and a results file that cannot take lines.
+
+Proven by what the simulator saw arrive and accept, not by what the engine says it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import random
+import resource
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from engine import policy
+from engine.client import XtClient
+from engine.collector import Collector
+from engine.results import JobResult, ResultLog, ResultsFileError
+from engine.run import RunOptions, run_campaign
+from engine.runner import Runner
+from engine.simulator import (
+    AUTH_105,
+    DROP_AFTER,
+    DROP_BEFORE,
+    HTTP429,
+    HTTP500,
+    HTTP502,
+    HTTP503,
+    NON_JSON,
+    SLOW,
+    TIME_PATH,
+    SimConfig,
+    Simulator,
+)
+from tests import support
+from tests.procs import (
+    accounts_table,
+    engine_env,
+    finish,
+    job_file,
+    last_lines,
+    ok_jobs,
+    run_engine,
+    spawn,
+    unrecorded_lines,
+)
+
+EVERY_FAULT = (
+    HTTP500,
+    HTTP502,
+    HTTP503,
+    HTTP429,
+    DROP_BEFORE,
+    DROP_AFTER,
+    NON_JSON,
+    SLOW,
+    AUTH_105,
+    "COMMON_002",
+    "COMMON_003",
+    "COPY_TRADE_SPOT_000",
+)
+#: The request may have been acted on, and no answer says whether.
+AMBIGUOUS_FAULTS = {DROP_BEFORE, DROP_AFTER, NON_JSON, SLOW}
+async def test_every_fault_at_once_each_job_ends_right_and_the_limit_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Shorter backoff keeps the test quick; its schedule is proven in test_policy.
+    monkeypatch.setattr(policy, "BACKOFF_CAP", 1.0)
+    rate = 20
+    campaign = support.make_campaign(
+        {"alice": 12, "bob": 12, "carol": 12},
+        tmp_path,
+        rate_limit=rate,
+        max_attempts=15,
+        timeout=0.8,
+    )
+    config = SimConfig(
+        latency=0.005,
+        rate_limit=rate,
+        fault_rate=0.2,
+        fault_kinds=EVERY_FAULT,
+        seed=11,
+        slow_seconds=1.0,  # past the client's 0.8 s timeout
+        skew_ms=-2000,  # the server's clock 2 s behind: every signature "from the future"
+    )
+    async with Simulator(support.accounts_of(campaign), config) as sim:
+        # Each kind at least once for sure, on top of the random ones.
+        for job, fault in zip(campaign.jobs[::3], EVERY_FAULT, strict=False):
+            sim.script(job.leader_id, [fault])
+        outcome = await support.run_against(sim, campaign)
+
+    follows = [a for a in sim.arrivals if a.path != TIME_PATH]
+    by_leader = defaultdict(list)
+    for arrival in follows:
+        by_leader[arrival.leader_id].append(arrival)
+    assert {a.fault for a in follows} >= set(EVERY_FAULT), "some fault kind never happened"
+    assert any(a.mc == "AUTH_105" and a.fault is None for a in follows), "no real clock skew"
+    assert sum(a.path == TIME_PATH for a in sim.arrivals) >= 1, "the clock was never measured"
+
+    assert len(outcome.results) == len(campaign.jobs)
+    for job in campaign.jobs:
+        result = outcome.results[job.id]
+        arrivals = by_leader[job.leader_id]
+        assert result.status == "ok", result
+        assert result.attempts == len(arrivals)
+        assert arrivals[-1].mc == "SUCCESS" and arrivals[-1].fault is None
+        assert result.ambiguous == any(a.fault in AMBIGUOUS_FAULTS for a in arrivals)
+        accepted = sim.accepted[(campaign.accounts[job.account].api_key, job.leader_id)]
+        assert accepted >= 1
+        if accepted > 1:  # a duplicate only ever where the job says it may be one
+            assert result.ambiguous
+    assert sim.violations == 0
+    for account in campaign.accounts.values():
+        assert sim.max_in_window(account.api_key) <= rate
+    assert outcome.stats.ok == len(campaign.jobs)
+
+
+# --- A results file that cannot take lines -------------------------------------------------
+
+ALICE = {"alice": 40}
+
+
+async def _refused(tmp_path: Path, results: Path, **kwargs: object) -> None:
+    """The engine exits 2 naming ``results``, and not one request reached the exchange."""
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(job_file(ALICE))
+    async with Simulator(accounts_table(ALICE), SimConfig()) as sim:
+        run = await run_engine(
+            "run",
+            str(jobs),
+            "--base-url",
+            sim.base_url or "",
+            "--results",
+            str(results),
+            env=engine_env(ALICE),
+            workdir=tmp_path,
+            timeout=20,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    assert run.code == 2, run.output
+    assert str(results) in run.err and "nothing sent" in run.err
+    assert "Traceback" not in run.err
+    assert sim.arrivals == []
+
+
+async def test_a_results_path_under_a_regular_file_refuses_to_start(tmp_path: Path) -> None:
+    """Permission bits do not stop root; a parent that is a file stops everyone."""
+    (tmp_path / "plain-file").write_text("")
+    await _refused(tmp_path, tmp_path / "plain-file" / "r.jsonl")
+
+
+async def test_a_results_path_that_is_a_directory_refuses_to_start(tmp_path: Path) -> None:
+    (tmp_path / "a-dir").mkdir()
+    await _refused(tmp_path, tmp_path / "a-dir")
+
+
+async def test_a_results_path_that_is_a_fifo_refuses_to_start(tmp_path: Path) -> None:
+    """A FIFO (or /dev/zero) would block (or never end) when read at start."""
+    os.mkfifo(tmp_path / "fifo")
+    await _refused(tmp_path, tmp_path / "fifo")
+
+
+def _file_size_limit(limit: int) -> None:
+    """In the engine's process: writes past ``limit`` bytes fail with EFBIG, as on a full
+    disk (SIGXFSZ ignored, as Python itself does, so the write fails rather than kills)."""
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+async def test_no_room_to_record_refuses_to_start(tmp_path: Path) -> None:
+    await _refused(tmp_path, tmp_path / "r.jsonl", preexec_fn=lambda: _file_size_limit(64 * 1024))
+
+
+async def test_too_little_free_disk_refuses_before_the_first_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = SimpleNamespace(total=1 << 30, used=(1 << 30) - 4096, free=4096)
+    monkeypatch.setattr("engine.results.shutil.disk_usage", lambda _: full)
+    campaign = support.make_campaign({"alice": 3}, tmp_path)
+    async with Simulator(support.accounts_of(campaign), SimConfig()) as sim:
+        campaign = dataclasses.replace(campaign, base_url=sim.base_url or "")
+        with pytest.raises(ResultsFileError, match="bytes free; not starting"):
+            await run_campaign(campaign, RunOptions(results=tmp_path / "r.jsonl"))
+    assert sim.arrivals == []
+
+
+def _result(job: str) -> JobResult:
+    return JobResult(
+        job=job,
+        account="alice",
+        leader_field="leaderOrderId",
+        leader_id=1,
+        status="ok",
+        rc=0,
+        mc="SUCCESS",
+        http_status=200,
+        attempts=1,
+        error=None,
+        latency_ms=1.0,
+        finished_at="2026-11-25T10:00:00.000Z",
+    )
+
+
+def test_a_line_the_disk_takes_only_part_of_is_taken_back(tmp_path: Path) -> None:
+    """The file holds whole lines only, and closing after a failed write never raises."""
+    path = tmp_path / "r.jsonl"
+    log = ResultLog(path)
+    log.open()
+    log.record(_result("a"))
+    whole = path.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(whole) + 40, hard))  # room for part of one
+    try:
+        with pytest.raises(ResultsFileError, match="cannot write results: File too large"):
+            log.record(_result("b"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    log.close()
+    assert path.read_bytes() == whole
+    again = ResultLog(path)
+    assert again.open().ok_jobs() == {"a"}
+    again.close()
+
+
+class _FailingLog(ResultLog):
+    """Takes ``room`` lines, then fails as a full disk does."""
+
+    def __init__(self, path: Path, room: int) -> None:
+        super().__init__(path)
+        self.room = room
+
+    def record(self, result: JobResult) -> None:
+        if self.room <= 0:
+            raise ResultsFileError(f"{self.path}: cannot write results: No space left on device")
+        self.room -= 1
+        super().record(result)
+
+
+async def test_a_write_failure_stops_dispatching(tmp_path: Path) -> None:
+    concurrency = 2
+    campaign = support.make_campaign(
+        {"alice": 40}, tmp_path, rate_limit=1000, concurrency=concurrency
+    )
+    log = _FailingLog(tmp_path / "r.jsonl", room=3)
+    log.open()
+    collector = Collector(log)
+    async with (
+        Simulator(support.accounts_of(campaign), SimConfig(latency=0.01)) as sim,
+        XtClient(sim.base_url or "", campaign.settings.api) as client,
+    ):
+        runner = Runner(campaign, client, collector, rng=random.Random(1))
+        stats = await asyncio.wait_for(runner.run(campaign.jobs), 20)
+    log.close()
+    assert stats.write_error is not None
+    # Sent: the three on record, the one whose line failed, and what was in flight then.
+    assert len(sim.arrivals) <= 3 + concurrency
+    assert len(stats.unrecorded) == len(sim.arrivals) - 3
+
+
+async def test_a_disk_full_mid_run_stops_sending_and_prints_what_it_could_not_record(
+    tmp_path: Path,
+) -> None:
+    concurrency = 2
+    limit = 2 << 20
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(job_file(ALICE))
+    results = tmp_path / "r.jsonl"
+    async with Simulator(accounts_table(ALICE), SimConfig(latency=0.05)) as sim:
+        out, err = tmp_path / "engine.out", tmp_path / "engine.err"
+        process = await spawn(
+            "run",
+            str(jobs),
+            "--base-url",
+            sim.base_url or "",
+            "--results",
+            str(results),
+            "--concurrency",
+            str(concurrency),
+            env=engine_env(ALICE),
+            out=out,
+            err=err,
+            preexec_fn=lambda: _file_size_limit(limit),
+        )
+        await sim.wait_for_arrivals(6)
+        with results.open("ab") as file:  # the disk fills up: blank lines, which readers skip
+            file.write(b"\n" * limit)
+        run = await finish(process, out, err, timeout=30)
+    assert run.code == 1, run.output
+    assert "File too large" in run.err and "stopped sending" in run.err
+    assert "Traceback" not in run.err
+    recorded = ok_jobs(results)
+    unrecorded = {line["job"] for line in unrecorded_lines(run.err)}
+    accepted = {f"alice:{leader}" for (_, leader), n in sim.accepted.items() if n}
+    # Every follow the exchange took is on record, or printed for the user to keep.
+    assert accepted == recorded | unrecorded
+    assert len(unrecorded) <= concurrency
+    assert len(sim.arrivals) == len(recorded) + len(unrecorded)
+    assert last_lines(results)[1] == []  # no torn line left behind
