@@ -1,0 +1,128 @@
+"""``python -m bench``: run the benchmarks, print the tables, optionally rewrite RESULTS.md.
+
+``--quick`` (the default) takes under two minutes; ``--full`` runs everything the issue asks
+for; ``--smoke`` runs a tiny campaign through every section in seconds (for the test suite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import overhead, scale, utilisation
+from bench.clients import CCXT, CLIENTS, ENGINE, REPO, WIDE_OPEN, Env
+from bench.report import render, write_results
+from bench.shapes import SHAPES, TINY, Shape
+
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+SECTIONS = ("utilisation", "overhead", "scale")
+
+
+@dataclass(frozen=True)
+class Plan:
+    util: list[tuple[Shape, float, str]]
+    overhead_sizes: tuple[int, int]
+    #: Runs of each short utilisation case and of each overhead size; the median is kept.
+    repeats: int
+    scale_sizes: tuple[int, ...]
+    scale_runs: tuple[int, ...]
+
+
+def plan_for(mode: str, clients: tuple[str, ...]) -> Plan:
+    uniform, skewed, wide = SHAPES["uniform"], SHAPES["skewed"], SHAPES["wide"]
+    if mode == "smoke":
+        util = [(TINY, 0.005, c) for c in clients if c != CCXT]
+        return Plan(util, (100, 200), 1, (100,), (100,))
+    if mode == "quick":
+        util = [(s, 0.02, c) for s in (uniform, wide) for c in clients]
+        util += [(skewed, 0.02, ENGINE)] if ENGINE in clients else []
+        return Plan(util, (2000, 10000), 1, (10000,), (10000,))
+    util = [(s, lat, c) for s in (uniform, skewed, wide) for lat in (0.02, 0.3) for c in clients]
+    if ENGINE in clients:  # what the default of 256 requests in flight costs the wide shape
+        util += [(wide, lat, WIDE_OPEN) for lat in (0.02, 0.3)]
+    sizes = (10_000, 50_000, 100_000)
+    return Plan(util, (5000, 40000), 3, sizes, sizes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    mode = parser.add_mutually_exclusive_group()
+    for name, what in (
+        ("quick", "20 ms only, fewer sizes, one run each: about a minute (the default)"),
+        ("full", "every shape, latency, size and repeat the issue asks for: about 10 minutes"),
+        ("smoke", "a tiny campaign through every section in seconds (the test suite's)"),
+    ):
+        mode.add_argument(f"--{name}", dest="mode", action="store_const", const=name, help=what)
+    parser.add_argument(
+        "--write", action="store_true", help=f"rewrite the tables in {RESULTS_MD.name} (--full)"
+    )
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="scratch dir")
+    parser.add_argument("--only", choices=SECTIONS, action="append", help="sections to run")
+    parser.add_argument(
+        "--clients", default=",".join(CLIENTS), help=f"comma-separated of {', '.join(CLIENTS)}"
+    )
+    parser.add_argument("--shapes", help=f"comma-separated of {', '.join(SHAPES)}: only these")
+    parser.add_argument("--latencies", help="comma-separated seconds, e.g. 0.02,0.3: only these")
+    parser.add_argument("--engine-src", type=Path, help="run the engine from this source tree")
+    parser.add_argument(
+        "--engine-args", default="", help="extra `follow-engine run` options, shell-quoted"
+    )
+    parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+    args = parser.parse_args(argv)
+    mode_name = args.mode or "quick"
+    if args.write and mode_name != "full":
+        parser.error(f"--write takes --full: {RESULTS_MD.name} holds the latest full run")
+    clients = tuple(c for c in args.clients.split(",") if c)
+    if unknown := set(clients) - set(CLIENTS):
+        parser.error(f"unknown clients: {', '.join(sorted(unknown))}")
+    if CCXT in clients and importlib.util.find_spec("ccxt") is None:
+        print("ccxt is not installed (pip install -e '.[bench]'): its baseline is left out")
+        clients = tuple(c for c in clients if c != CCXT)
+    plan = plan_for(mode_name, clients)
+    if args.shapes or args.latencies:
+        shapes = [SHAPES[n] for n in (args.shapes or ",".join(SHAPES)).split(",")]
+        latencies = [float(x) for x in (args.latencies or "0.02,0.3").split(",")]
+        util = [(s, lat, c) for s in shapes for lat in latencies for c in clients]
+        plan = dataclasses.replace(plan, util=util)
+    sections = tuple(args.only or SECTIONS)
+    env = Env(
+        args.engine_src.resolve() if args.engine_src else None,
+        tuple(shlex.split(args.engine_args)),
+    )
+    out = args.out.resolve()
+    started, load = time.monotonic(), os.getloadavg()[0]
+
+    util = []
+    if "utilisation" in sections:
+        print("limit utilisation", flush=True)
+        util = utilisation.run_all(plan.util, out, env, plan.repeats)
+    over = None
+    if "overhead" in sections:
+        print("engine overhead", flush=True)
+        over = overhead.measure(plan.overhead_sizes, plan.repeats, out, env)
+    rows = []
+    if "scale" in sections:
+        print("scale of input", flush=True)
+        rows = scale.measure(plan.scale_sizes, plan.scale_runs, out, env, plan.repeats)
+
+    command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
+    minutes = (time.monotonic() - started) / 60
+    text = render(command.strip(), util, over, rows, load, minutes, plan.repeats)
+    print(f"\n{text}")
+    if args.markdown:
+        args.markdown.write_text(text)
+    if args.write:
+        write_results(RESULTS_MD, text)
+        print(f"wrote {RESULTS_MD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

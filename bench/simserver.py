@@ -1,0 +1,195 @@
+"""The engine's simulator in its own process, with a read-only stats endpoint for the bench.
+
+The bench never runs the simulator in the process it measures: the simulator's CPU would be
+billed to the client. ``SimProcess`` starts ``python -m bench.simserver`` (the unchanged
+``engine.simulator.Simulator``, signatures checked) and reads ``GET /_sim/stats``. Makespan is
+taken here, on the server's side, the same way for every client: from the first follow request's
+arrival to the moment the last answer's headers were written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from engine.simulator import TIME_PATH, SimConfig, Simulator
+
+REPO = Path(__file__).resolve().parent.parent
+STATS_PATH = "/_sim/stats"
+ARRIVALS_PATH = "/_sim/arrivals"
+
+
+@dataclass(frozen=True, slots=True)
+class SimStats:
+    """What the simulator saw of one client's run."""
+
+    arrivals: int
+    #: Answers by HTTP status (0: connection dropped).
+    statuses: dict[int, int]
+    #: Answers by XT message code ("SUCCESS", "AUTH_105", ...), for those that had one.
+    codes: dict[str, int]
+    #: Arrivals refused by the sliding-window rate limit (each answered 429).
+    violations: int
+    accepted: int
+    #: Follows accepted more than once for the same (key, leader).
+    duplicates: int
+    #: Most arrivals of one key inside any one window, refused ones included.
+    max_in_window: int
+    first_arrival: float | None
+    last_answer: float | None
+    #: CPU seconds the simulator process has used so far: near the makespan, it was the limit.
+    cpu: float = 0.0
+
+    @property
+    def http_429(self) -> int:
+        return self.statuses.get(429, 0)
+
+    @property
+    def makespan(self) -> float | None:
+        """Seconds from the first arrival to the last answer (``time.monotonic`` clock)."""
+        if self.first_arrival is None or self.last_answer is None:
+            return None
+        return self.last_answer - self.first_arrival
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    """Most of the sorted ``times`` inside any half-open ``window``, by two pointers."""
+    best = start = 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def _stats(sim: Simulator, last_answer: float | None) -> dict[str, Any]:
+    cpu = time.process_time()  # before this summing adds to it
+    by_key: defaultdict[str, list[float]] = defaultdict(list)
+    statuses: Counter[int] = Counter()
+    codes: Counter[str] = Counter()
+    for arrival in sim.arrivals:
+        if arrival.path != TIME_PATH:
+            by_key["*" if sim.config.per_ip else arrival.api_key].append(arrival.t)
+            statuses[arrival.status] += 1
+            codes[arrival.mc or "-"] += 1
+    follows = [t for times in by_key.values() for t in times]
+    window = sim.config.window
+    return {
+        "arrivals": len(follows),
+        "statuses": dict(statuses),
+        "codes": dict(codes),
+        "violations": sim.violations,
+        "accepted": sum(sim.accepted.values()),
+        "duplicates": sum(n - 1 for n in sim.accepted.values() if n > 1),
+        "max_in_window": max((max_in_window(t, window) for t in by_key.values()), default=0),
+        "first_arrival": min(follows, default=None),
+        "last_answer": last_answer,
+        "cpu": cpu,
+    }
+
+
+async def _serve(port: int, accounts: dict[str, str] | None, config: SimConfig) -> None:
+    sim = Simulator(accounts, config)
+    last_answer: list[float] = []
+
+    async def answered(request: web.Request, response: web.StreamResponse) -> None:
+        if not request.path.startswith("/_sim/"):
+            last_answer[:] = [time.monotonic()]
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(_stats(sim, last_answer[0] if last_answer else None))
+
+    async def arrivals(request: web.Request) -> web.Response:
+        rows = [(a.t, a.api_key, a.status) for a in sim.arrivals if a.path != TIME_PATH]
+        return web.json_response(rows)
+
+    sim.app.on_response_prepare.append(answered)
+    sim.app.router.add_get(STATS_PATH, stats)
+    sim.app.router.add_get(ARRIVALS_PATH, arrivals)
+    url = await sim.start("127.0.0.1", port)
+    print(url, flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await asyncio.shield(sim.close())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--accounts", type=Path, help="JSON {api_key: secret}; checks signatures")
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--rate-limit", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    accounts = json.loads(args.accounts.read_text()) if args.accounts else None
+    config = SimConfig(latency=args.latency, rate_limit=args.rate_limit)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args.port, accounts, config))
+
+
+class SimProcess:
+    """``with SimProcess(...) as sim:`` a fresh simulator process; ``sim.url``, ``sim.stats()``."""
+
+    def __init__(
+        self,
+        accounts: Path | None,
+        latency: float,
+        rate_limit: float = 10.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.command = [sys.executable, "-m", "bench.simserver", "--latency", str(latency)]
+        self.command += ["--rate-limit", str(rate_limit)]
+        if accounts is not None:
+            self.command += ["--accounts", str(accounts)]
+        self.env = env
+        self.url = ""
+        self._process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> SimProcess:
+        self._process = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, text=True, env=self.env, cwd=REPO
+        )
+        assert self._process.stdout is not None
+        self.url = self._process.stdout.readline().strip()
+        if not self.url.startswith("http://127.0.0.1:"):
+            self.__exit__()
+            raise RuntimeError(f"simulator did not start: {self.url!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+    def stats(self) -> SimStats:
+        return asyncio.run(self._fetch())
+
+    def arrivals(self) -> list[tuple[float, str, int]]:
+        """Every follow arrival: (monotonic time, api key, status answered)."""
+        return [tuple(row) for row in asyncio.run(self._get(ARRIVALS_PATH))]
+
+    async def _get(self, path: str) -> Any:
+        async with aiohttp.ClientSession() as session, session.get(self.url + path) as r:
+            return await r.json()
+
+    async def _fetch(self) -> SimStats:
+        data = await self._get(STATS_PATH)
+        data["statuses"] = {int(k): v for k, v in data["statuses"].items()}
+        return SimStats(**data)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The benchmark entry point runs end to end on a tiny campaign.
+
+Only that it runs and fills every table is checked, never a speed: timings on a shared CI
+machine prove nothing, and the benchmarks themselves are not part of the suite.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_bench_smoke_run_fills_every_table(tmp_path: Path) -> None:
+    report, out = tmp_path / "report.md", tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out), "--markdown", str(report)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = report.read_text()
+    for client in ("engine", "naive"):
+        row = next(line for line in text.splitlines() if f"| 5 ms | {client} |" in line)
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[0] == "tiny (2x3)"
+        assert float(cells[3]) > 0  # a makespan was measured
+        assert cells[11] == "0"  # every job accepted
+    assert "| tiny | 5 ms |" in text  # engine against the naive baseline
+    assert "| 100 |" in text and "| 200 |" in text  # overhead at both sizes
+    assert "100/100" in text  # the scale run sent every job
+    assert "### Targets" in text
