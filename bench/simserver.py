@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from engine.simulator import TIME_PATH, SimConfig, Simulator
+from engine.simulator import TIME_PATH, SimConfig, Simulator, max_in_window
 
 REPO = Path(__file__).resolve().parent.parent
 STATS_PATH = "/_sim/stats"
@@ -64,16 +64,6 @@ class SimStats:
         return self.last_answer - self.first_arrival
 
 
-def max_in_window(times: list[float], window: float) -> int:
-    """Most of the sorted ``times`` inside any half-open ``window``, by two pointers."""
-    best = start = 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
 def _stats(sim: Simulator, last_answer: float | None) -> dict[str, Any]:
     cpu = time.process_time()  # before this summing adds to it
     by_key: defaultdict[str, list[float]] = defaultdict(list)
@@ -93,7 +83,9 @@ def _stats(sim: Simulator, last_answer: float | None) -> dict[str, Any]:
         "violations": sim.violations,
         "accepted": sum(sim.accepted.values()),
         "duplicates": sum(n - 1 for n in sim.accepted.values() if n > 1),
-        "max_in_window": max((max_in_window(t, window) for t in by_key.values()), default=0),
+        "max_in_window": max(
+            (max_in_window(sorted(t), window) for t in by_key.values()), default=0
+        ),
         "first_arrival": min(follows, default=None),
         "last_answer": last_answer,
         "cpu": cpu,

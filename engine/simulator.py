@@ -185,6 +185,16 @@ def _bad_field(data: Any, leader_field: str) -> str | None:
     return next((name for name in (leader_field, *_REQUIRED) if name not in data), None)
 
 
+def max_in_window(times: Sequence[float], window: float) -> int:
+    """Most of the sorted ``times`` inside any half-open ``window``, by two pointers."""
+    best = start = 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
 class Simulator:
     """XT's follow endpoint (v4 and v1 paths) and server time, in process."""
 
@@ -247,12 +257,7 @@ class Simulator:
             for a in self.arrivals
             if a.path != TIME_PATH and (api_key is None or a.api_key == api_key)
         )
-        best = start = 0
-        for end, t in enumerate(times):
-            while t - times[start] >= window:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+        return max_in_window(times, window)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen; returns the base URL. Port 0 picks a free port."""
