@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     for name, what in (
         ("quick", "20 ms only, fewer sizes, one run each: about a minute (the default)"),
-        ("full", "every shape, latency, size and repeat the issue asks for: about 10 minutes"),
+        ("full", "every shape, latency, size and repeat the issue asks for: about 8 minutes"),
         ("smoke", "a tiny campaign through every section in seconds (the test suite's)"),
     ):
         mode.add_argument(f"--{name}", dest="mode", action="store_const", const=name, help=what)
