@@ -83,3 +83,32 @@ async def test_pause_while_queued_takes_a_fresh_slot_after_it() -> None:
 def test_rejects_nonsense() -> None:
     with pytest.raises(ValueError):
         KeyLimiter(0)
+
+
+@pytest.mark.looptime
+async def test_tracking_sends_holds_a_lane_until_its_request_left() -> None:
+    """A request admitted at once but slow to leave must not let its lane's next one go
+    out less than a period after it actually left."""
+    loop = asyncio.get_running_loop()
+    limiter = KeyLimiter(1, margin=0.0, track_sends=True)
+    start = loop.time()
+    lane = await limiter.acquire()
+    waiter = asyncio.create_task(acquire_times(limiter, 1))
+    await asyncio.sleep(3.0)
+    assert not waiter.done()  # held: the first request has not left yet
+    limiter.sent(lane)
+    [second] = await waiter
+    assert second - start == pytest.approx(4.0)  # one period after it left, not after admission
+
+
+@pytest.mark.looptime
+async def test_a_released_lane_frees_without_waiting_a_period() -> None:
+    loop = asyncio.get_running_loop()
+    limiter = KeyLimiter(1, margin=0.0, track_sends=True)
+    start = loop.time()
+    lane = await limiter.acquire()
+    waiter = asyncio.create_task(acquire_times(limiter, 1))
+    await asyncio.sleep(0.5)
+    limiter.release(lane)  # never sent
+    [second] = await waiter
+    assert second - start == pytest.approx(1.0)  # only the lane's bucket period
