@@ -11,6 +11,7 @@ afresh. Finished jobs go to the collector.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import random
 import time
@@ -213,10 +214,9 @@ class Runner:
         if loop.time() - self._last_clock_sync < CLOCK_SYNC_INTERVAL:
             return
         self._last_clock_sync = loop.time()
-        try:
+        # A failed sync is no new failure: the retry will say what is wrong.
+        with contextlib.suppress(Exception):
             await self.client.sync_clock()
-        except Exception:  # the retry will say what is wrong; a failed sync is no new failure
-            self._last_clock_sync = loop.time()
 
     def _finish(self, key: _Key, run: _Run, decision: Decision) -> None:
         self._open.pop(run.job.id, None)

@@ -118,6 +118,17 @@ async def spawn(
         )
 
 
+async def start_piped(*args: str, env: Mapping[str, str]) -> asyncio.subprocess.Process:
+    """Start ``follow-engine ARGS`` with pipes, for a test that reads its output as it comes."""
+    return await asyncio.create_subprocess_exec(
+        *ENGINE,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(env),
+    )
+
+
 async def finish(
     process: asyncio.subprocess.Process, out: Path, err: Path, timeout: float = PROCESS_TIMEOUT
 ) -> Finished:

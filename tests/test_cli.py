@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from click.testing import CliRunner
 
 from engine.cli import main
 from engine.simulator import SimConfig, Simulator
+from tests.procs import start_piped
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "jobs.yaml"
@@ -124,15 +123,7 @@ def test_run_simulate_then_resume_sends_nothing_twice(cli: CliRunner, tmp_path: 
 
 
 async def run_cli(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "engine",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={"ALICE_SECRET": SECRET, "PATH": "/usr/bin:/bin"},
-    )
+    process = await start_piped(*args, env={"ALICE_SECRET": SECRET, "PATH": "/usr/bin:/bin"})
     out, err = await process.communicate()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()

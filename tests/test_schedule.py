@@ -16,7 +16,6 @@ import io
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
@@ -34,6 +33,7 @@ from engine.results import ResultLog
 from engine.run import RunOptions
 from engine.schedule import Clock, Scheduler, next_firing, run_at
 from engine.simulator import SimConfig, Simulator
+from tests.procs import start_piped
 
 SECRET = "secret-alice-7d1e"
 LEADER = 7302994413592166401
@@ -412,15 +412,7 @@ def test_a_results_file_in_use_fails_at_once_not_at_the_start(
 
 
 async def start_cli(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "engine",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={"ALICE_SECRET": SECRET, "PATH": "/usr/bin:/bin"},
-    )
+    return await start_piped(*args, env={"ALICE_SECRET": SECRET, "PATH": "/usr/bin:/bin"})
 
 
 async def read_until(process: asyncio.subprocess.Process, text: str) -> str:
