@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import overhead, scale, utilisation
-from bench.clients import CCXT, CLIENTS, ENGINE, REPO, WIDE_OPEN, Env
+from bench.clients import CCXT, CLIENTS, ENGINE, FLOOR, REPO, Env
 from bench.report import render, write_results
-from bench.shapes import SHAPES, TINY, Shape
+from bench.shapes import RATE_LIMIT, SHAPES, TINY, Shape
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 SECTIONS = ("utilisation", "overhead", "scale")
@@ -35,18 +35,30 @@ class Plan:
     scale_runs: tuple[int, ...]
 
 
+def cases(
+    shapes: list[Shape], latencies: list[float], clients: tuple[str, ...]
+) -> list[tuple[Shape, float, str]]:
+    """Every client on every shape at every latency, and the floor beside the engine on the
+    shapes it applies to (every key's jobs within one window)."""
+    util = []
+    for shape in shapes:
+        for latency in latencies:
+            util += [(shape, latency, c) for c in clients]
+            if ENGINE in clients and max(shape.jobs_per_key) <= RATE_LIMIT:
+                util.append((shape, latency, FLOOR))
+    return util
+
+
 def plan_for(mode: str, clients: tuple[str, ...]) -> Plan:
     uniform, skewed, wide = SHAPES["uniform"], SHAPES["skewed"], SHAPES["wide"]
     if mode == "smoke":
-        util = [(TINY, 0.005, c) for c in clients if c != CCXT]
+        util = cases([TINY], [0.005], tuple(c for c in clients if c != CCXT))
         return Plan(util, (100, 200), 1, (100,), (100,))
     if mode == "quick":
-        util = [(s, 0.02, c) for s in (uniform, wide) for c in clients]
-        util += [(skewed, 0.02, ENGINE)] if ENGINE in clients else []
+        util = cases([uniform, wide], [0.02], clients)
+        util += cases([skewed], [0.02], (ENGINE,)) if ENGINE in clients else []
         return Plan(util, (2000, 10000), 1, (10000,), (10000,))
-    util = [(s, lat, c) for s in (uniform, skewed, wide) for lat in (0.02, 0.3) for c in clients]
-    if ENGINE in clients:  # what the default of 256 requests in flight costs the wide shape
-        util += [(wide, lat, WIDE_OPEN) for lat in (0.02, 0.3)]
+    util = cases([uniform, skewed, wide], [0.02, 0.3], clients)
     sizes = (10_000, 50_000, 100_000)
     return Plan(util, (5000, 40000), 3, sizes, sizes)
 
@@ -89,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.shapes or args.latencies:
         shapes = [SHAPES[n] for n in (args.shapes or ",".join(SHAPES)).split(",")]
         latencies = [float(x) for x in (args.latencies or "0.02,0.3").split(",")]
-        util = [(s, lat, c) for s in shapes for lat in latencies for c in clients]
-        plan = dataclasses.replace(plan, util=util)
+        plan = dataclasses.replace(plan, util=cases(shapes, latencies, clients))
     sections = tuple(args.only or SECTIONS)
     env = Env(
         args.engine_src.resolve() if args.engine_src else None,

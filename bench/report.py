@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from itertools import pairwise
 from pathlib import Path
 
-from bench.clients import CCXT, ENGINE, NAIVE, REPO
+from bench.clients import CCXT, ENGINE, FLOOR, NAIVE, REPO
 from bench.overhead import Overhead
 from bench.scale import ScaleRow
 from bench.utilisation import UtilRow
@@ -170,6 +170,7 @@ def _marginal_us_per_job(rows: list[ScaleRow]) -> list[float | None]:
 def targets(util: list[UtilRow], over: Overhead | None, scale: list[ScaleRow]) -> str:
     """One line per target of the issue: met or missed, with the number."""
     lines = []
+    floors = {(r.shape.name, r.latency): r for r in util if r.client == FLOOR}
     for r in (r for r in util if r.client == ENGINE):
         ratio = _ratio(r.makespan, r.minimum)
         clean = r.stats.http_429 == 0 and r.stats.violations == 0 and r.failed == 0
@@ -182,6 +183,7 @@ def targets(util: list[UtilRow], over: Overhead | None, scale: list[ScaleRow]) -
             f"- {'met' if met else '**MISSED**'}: {r.shape.name} at {r.latency * 1000:g} ms: "
             f"{ratio:.3f} of the minimum{spread} (target <= {UTIL_RATIO}), "
             f"{r.stats.http_429} 429s, {r.stats.violations} violations, {r.failed} failed"
+            + _against_floor(r, floors.get((r.shape.name, r.latency)))
         )
     if over is not None:
         rate = over.large.rate
@@ -210,6 +212,15 @@ def targets(util: list[UtilRow], over: Overhead | None, scale: list[ScaleRow]) -
             f"{', then '.join(f'{s:.0f}' for s in steps)} us (last step / first: {growth:.2f})"
         )
     return "\n".join(lines)
+
+
+def _against_floor(engine: UtilRow, floor: UtilRow | None) -> str:
+    if floor is None:
+        return ""
+    return (
+        f"; this machine's floor (`bench/floor.py`) {_ratio(floor.makespan, floor.minimum):.3f}"
+        f", engine/floor {_ratio(engine.makespan, floor.makespan):.3f}"
+    )
 
 
 def machine() -> str:

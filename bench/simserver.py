@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from engine.run import fit_open_files
 from engine.simulator import TIME_PATH, SimConfig, Simulator, max_in_window
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     accounts = json.loads(args.accounts.read_text()) if args.accounts else None
     config = SimConfig(latency=args.latency, rate_limit=args.rate_limit)
+    fit_open_files(8192)  # a connection for every request of the widest client
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args.port, accounts, config))
 

@@ -47,8 +47,9 @@ class Settings:
     api: ApiProfile = V4
     #: Requests per second per API key (per IP under a ``per_ip`` profile).
     rate_limit: float = 10
-    #: Requests in flight at most, all keys together.
-    concurrency: int = 256
+    #: Requests in flight at most, all keys together. High, so that it does not hold back
+    #: what the limiters release at once on wide campaigns (500 keys x 4 jobs: 2,000).
+    concurrency: int = 2048
     max_attempts: int = 5
     #: Seconds per request.
     timeout: float = 10

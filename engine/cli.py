@@ -17,7 +17,7 @@ import click
 from rich.console import Console
 
 from engine import jobfile
-from engine.campaign import Campaign
+from engine.campaign import Campaign, Settings
 from engine.profiles import PROFILES
 from engine.report import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from engine.results import ResultsFileError
@@ -27,6 +27,7 @@ from engine.run import (
     check_transport,
     default_results_path,
     dry_run,
+    fit_open_files,
 )
 from engine.schedule import Scheduler, check_results, run_at
 from engine.simulator import SimConfig, serve
@@ -289,6 +290,15 @@ def simulate(
     config = SimConfig(
         latency=latency, rate_limit=rate_limit, per_ip=per_ip, fault_rate=fault_rate, seed=seed
     )
+    # Room for everything an engine with the default concurrency has in flight.
+    wanted = Settings().concurrency
+    fits, _ = fit_open_files(wanted)
+    if fits < wanted:
+        click.echo(
+            f"warning: {fits} connections at most (ulimit -n), fewer than an engine's default "
+            f"{wanted} requests in flight",
+            err=True,
+        )
     try:
         asyncio.run(serve(host, port, accounts, config))
     except KeyboardInterrupt:

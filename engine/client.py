@@ -133,9 +133,7 @@ class XtClient:
         self._clock = clock
         # Connect and read are bounded apart so that a timeout says whether the request left;
         # the total bounds an answer dribbled a byte at a time.
-        self._timeout = aiohttp.ClientTimeout(
-            total=2 * timeout, connect=timeout, sock_read=timeout
-        )
+        self._timeout = aiohttp.ClientTimeout(total=2 * timeout, connect=timeout, sock_read=timeout)
         self._session = session
         self._own_session = session is None
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import resource
 import signal
 import sys
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from yarl import URL
@@ -26,6 +27,9 @@ from engine.simulator import SimConfig, Simulator
 
 #: Skipped lines of the results file named one by one; a file full of them gets a count.
 MAX_LINE_WARNINGS = 20
+#: Open files a run needs besides its connections: standard streams, the results file,
+#: the event loop's own, the simulator's listening socket.
+SPARE_FILES = 64
 
 
 class InsecureTransportError(Exception):
@@ -91,6 +95,29 @@ def dry_run(campaign: Campaign) -> list[PreparedRequest]:
     ]
 
 
+def fit_open_files(concurrency: int, per_request: int = 1) -> tuple[int, str | None]:
+    """The concurrency this process can hold open, and a warning when it is less than asked.
+
+    Every request in flight holds a connection, so the open-files soft limit (often 1024)
+    is raised towards the hard one as far as needed. Where even that is too low the run
+    goes on with fewer requests in flight rather than fail to connect once it runs out.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = SPARE_FILES + concurrency * per_request
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return concurrency, None
+    raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if raised > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    if raised >= need:
+        return concurrency, None
+    fits = max(1, (raised - SPARE_FILES) // per_request)
+    return fits, (
+        f"warning: {fits} requests in flight at most instead of {concurrency}: this process "
+        f"may open {raised} files (ulimit -n); raise the limit to run {concurrency}"
+    )
+
+
 async def run_campaign(campaign: Campaign, options: RunOptions) -> RunStats:
     """Run every job not already ok in the results file. Raises ``ResultsFileError``
     before sending anything when the results file cannot be used."""
@@ -103,6 +130,13 @@ async def run_campaign(campaign: Campaign, options: RunOptions) -> RunStats:
             print(f"warning: {options.results}: {more} more lines skipped", file=sys.stderr)
         done = past.ok_jobs()
         jobs = [job for job in campaign.jobs if job.id not in done]
+        # An in-process simulator holds the other end of every connection.
+        per_request = 1 if options.simulate is None else 2
+        concurrency, warning = fit_open_files(campaign.settings.concurrency, per_request)
+        if warning is not None:
+            print(warning, file=sys.stderr)
+            settings = replace(campaign.settings, concurrency=concurrency)
+            campaign = replace(campaign, settings=settings)
         collector = Collector(log, on_result=options.on_result)
         collector.stats.skipped = len(campaign.jobs) - len(jobs)
         async with AsyncExitStack() as stack:

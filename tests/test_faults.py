@@ -65,6 +65,8 @@ EVERY_FAULT = (
 )
 #: The request may have been acted on, and no answer says whether.
 AMBIGUOUS_FAULTS = {DROP_BEFORE, DROP_AFTER, NON_JSON, SLOW}
+
+
 async def test_every_fault_at_once_each_job_ends_right_and_the_limit_holds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -89,7 +89,7 @@ def test_valid_file_round_trip(tmp_path: Path) -> None:
     assert campaign.base_url == "https://example.test"
     assert campaign.accounts["alice"].secret_key == SECRET
     settings = campaign.settings
-    assert (settings.api.name, settings.rate_limit, settings.concurrency) == ("v4", 10, 256)
+    assert (settings.api.name, settings.rate_limit, settings.concurrency) == ("v4", 10, 2048)
     assert (settings.max_attempts, settings.timeout, settings.recv_window_ms) == (5, 10, 5000)
     assert campaign.schedule is None and campaign.warnings == ()
 

@@ -1,0 +1,132 @@
+"""Every request in flight holds a connection, so a run fits its concurrency to the
+open-files limit: raised towards the hard limit as far as needed, and past that, fewer
+requests in flight with a warning rather than connections that fail for want of a file."""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import engine.run
+from engine.campaign import Settings
+from engine.run import SPARE_FILES, fit_open_files
+from engine.simulator import SimConfig, Simulator
+from tests.procs import accounts_table, engine_env, job_file, last_lines, run_engine
+
+INFINITY = resource.RLIM_INFINITY
+
+
+class FakeLimits(SimpleNamespace):
+    """``resource`` as far as ``fit_open_files`` uses it, with limits of our choosing."""
+
+    def __init__(self, soft: int, hard: int) -> None:
+        super().__init__(RLIMIT_NOFILE=resource.RLIMIT_NOFILE, RLIM_INFINITY=INFINITY)
+        self.limits = (soft, hard)
+        self.set_to: tuple[int, int] | None = None
+
+    def getrlimit(self, which: int) -> tuple[int, int]:
+        return self.limits
+
+    def setrlimit(self, which: int, limits: tuple[int, int]) -> None:
+        self.limits = self.set_to = limits
+
+
+@pytest.fixture
+def limits(monkeypatch: pytest.MonkeyPatch) -> Callable[[int, int], FakeLimits]:
+    def install(soft: int, hard: int) -> FakeLimits:
+        fake = FakeLimits(soft, hard)
+        monkeypatch.setattr(engine.run, "resource", fake)
+        return fake
+
+    return install
+
+
+def test_the_default_concurrency_is_not_what_limits_a_wide_campaign() -> None:
+    # 500 keys x 4 jobs may all leave at once; a lower cap makes them queue for each other.
+    assert Settings().concurrency >= 2000
+
+
+def test_a_limit_with_room_is_left_alone(limits: Callable[[int, int], FakeLimits]) -> None:
+    fake = limits(SPARE_FILES + 2048, SPARE_FILES + 2048)
+    assert fit_open_files(2048) == (2048, None)
+    assert fake.set_to is None
+
+
+def test_the_soft_limit_is_raised_as_far_as_needed(
+    limits: Callable[[int, int], FakeLimits],
+) -> None:
+    fake = limits(1024, 524288)
+    assert fit_open_files(2048) == (2048, None)
+    assert fake.set_to == (SPARE_FILES + 2048, 524288)
+
+
+def test_an_in_process_simulator_counts_twice(limits: Callable[[int, int], FakeLimits]) -> None:
+    fake = limits(1024, INFINITY)
+    assert fit_open_files(2048, per_request=2) == (2048, None)
+    assert fake.set_to == (SPARE_FILES + 4096, INFINITY)
+
+
+def test_past_the_hard_limit_fewer_requests_fly_and_the_user_is_told(
+    limits: Callable[[int, int], FakeLimits],
+) -> None:
+    fake = limits(256, 1024)
+    concurrency, warning = fit_open_files(2048)
+    assert concurrency == 1024 - SPARE_FILES
+    assert fake.set_to == (1024, 1024)
+    assert warning is not None
+    assert f"{concurrency} requests in flight at most instead of 2048" in warning
+    assert "ulimit -n" in warning
+
+
+def test_even_a_tiny_limit_leaves_one_request_in_flight(
+    limits: Callable[[int, int], FakeLimits],
+) -> None:
+    limits(SPARE_FILES, SPARE_FILES)
+    assert fit_open_files(10)[0] == 1
+
+
+# End to end: an engine process whose limit is lower than the requests the limiters let
+# out at once. Without fitting, connections past the limit fail (EMFILE) and are retried.
+ACCOUNTS = {f"acct{i:02d}": 10 for i in range(30)}
+LOW = 150
+
+
+def _limit_open_files(soft: int, hard: int) -> Callable[[], None]:
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def _run_with_limits(tmp_path: Path, soft: int, hard: int, *extra: str) -> str:
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(job_file(ACCOUNTS, extra="settings:\n  rate_limit: 1000\n"))
+    async with Simulator(accounts_table(ACCOUNTS), SimConfig(latency=0.2)) as sim:
+        done = await run_engine(
+            "run",
+            str(jobs),
+            "--base-url",
+            sim.base_url or "",
+            *extra,
+            env=engine_env(ACCOUNTS),
+            workdir=tmp_path,
+            preexec_fn=_limit_open_files(soft, hard),
+        )
+    assert done.code == 0, done.output
+    assert len(sim.arrivals) == 300 and set(sim.accepted.values()) == {1}
+    lines, _ = last_lines(tmp_path / "jobs.results.jsonl")
+    assert {(line["status"], line["attempts"]) for line in lines.values()} == {("ok", 1)}
+    return done.err
+
+
+async def test_a_low_soft_limit_is_raised_and_every_follow_leaves_once(tmp_path: Path) -> None:
+    # 300 in flight needs more than LOW files, and less than any hard limit seen in the wild.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    err = await _run_with_limits(tmp_path, LOW, hard, "--concurrency", "300")
+    assert "warning" not in err
+
+
+async def test_a_low_hard_limit_lowers_concurrency_and_says_so(tmp_path: Path) -> None:
+    err = await _run_with_limits(tmp_path, LOW, LOW)
+    assert f"{LOW - SPARE_FILES} requests in flight at most instead of 2048" in err
