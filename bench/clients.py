@@ -28,7 +28,7 @@ class Env:
 
     #: Run the engine from this source tree instead (a checkout of an older commit).
     engine_src: Path | None = None
-    #: Extra ``follow-engine run`` options for the limit-utilisation runs.
+    #: Extra ``follow-engine run`` options for every engine run.
     engine_args: tuple[str, ...] = ()
 
     def vars(self) -> dict[str, str]:

@@ -73,7 +73,7 @@ def _once(requests: int, out: Path, env: Env, tag: str) -> OverheadRun:
     )
     with SimProcess(files.accounts_json, 0.0, rate_limit=1e9, env=env.vars()) as sim:
         results = out / shape.name / "results.jsonl"
-        argv = engine_command(files, sim.url, results, "--rate-limit", LIFTED)
+        argv = engine_command(files, sim.url, results, *env.engine_args, "--rate-limit", LIFTED)
         run = run_measured(argv, out / "logs", f"{tag}-run", env=env.vars())
         stats = sim.stats()
     return OverheadRun(requests, run, stats, validate)

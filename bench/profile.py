@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import shutil
 import sys
 from collections import Counter
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--match", default=r"engine/|aiohttp/", help="regex for inclusive rows")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "profile")
+    parser.add_argument(
+        "--engine-args", default="", help="extra `follow-engine run` options, shell-quoted"
+    )
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if spy is None:
@@ -57,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     shape = Shape.of(f"profile-{args.requests}", (KEYS, args.requests // KEYS))
     files = write_shape(shape, args.out / shape.name)
     stacks = args.out / "stacks.txt"
-    env = Env()
+    env = Env(engine_args=tuple(shlex.split(args.engine_args)))
     with SimProcess(files.accounts_json, 0.0, rate_limit=1e9, env=env.vars()) as sim:
-        engine = engine_command(files, sim.url, args.out / "results.jsonl", "--rate-limit", LIFTED)
+        results = args.out / "results.jsonl"
+        engine = engine_command(files, sim.url, results, *env.engine_args, "--rate-limit", LIFTED)
         command = [spy, "record", "--format", "raw", "--rate", str(args.rate)]
         command += ["--output", str(stacks), "--", *engine]
         run_measured(command, args.out, "py-spy", env=env.vars())

@@ -2,7 +2,7 @@
 
 Makespan is the simulator's, from the first follow request's arrival to the last answer
 written, so interpreter start-up and job-file loading count for no client. It is set against
-two floors: the issue's minimum (busiest key's jobs / rate) and the best a sliding-window
+two lower bounds: the issue's minimum (busiest key's jobs / rate) and the best a sliding-window
 limit allows (bursts of 10 one window apart, plus one latency).
 """
 
