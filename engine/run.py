@@ -107,8 +107,10 @@ def fit_open_files(concurrency: int, per_request: int = 1) -> tuple[int, str | N
     if soft == resource.RLIM_INFINITY or soft >= need:
         return concurrency, None
     raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
-    if raised > soft:
+    try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    except (ValueError, OSError):  # macOS: not above kern.maxfilesperproc, whatever the hard
+        raised = soft
     if raised >= need:
         return concurrency, None
     fits = max(1, (raised - SPARE_FILES) // per_request)

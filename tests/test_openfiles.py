@@ -21,24 +21,28 @@ INFINITY = resource.RLIM_INFINITY
 
 
 class FakeLimits(SimpleNamespace):
-    """``resource`` as far as ``fit_open_files`` uses it, with limits of our choosing."""
+    """``resource`` as far as ``fit_open_files`` uses it, with limits of our choosing; a
+    ``ceiling`` refuses a soft limit above it, as macOS does above kern.maxfilesperproc."""
 
-    def __init__(self, soft: int, hard: int) -> None:
+    def __init__(self, soft: int, hard: int, ceiling: int | None = None) -> None:
         super().__init__(RLIMIT_NOFILE=resource.RLIMIT_NOFILE, RLIM_INFINITY=INFINITY)
         self.limits = (soft, hard)
+        self.ceiling = ceiling
         self.set_to: tuple[int, int] | None = None
 
     def getrlimit(self, which: int) -> tuple[int, int]:
         return self.limits
 
     def setrlimit(self, which: int, limits: tuple[int, int]) -> None:
+        if self.ceiling is not None and limits[0] > self.ceiling:
+            raise ValueError("current limit exceeds maximum limit")
         self.limits = self.set_to = limits
 
 
 @pytest.fixture
-def limits(monkeypatch: pytest.MonkeyPatch) -> Callable[[int, int], FakeLimits]:
-    def install(soft: int, hard: int) -> FakeLimits:
-        fake = FakeLimits(soft, hard)
+def limits(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeLimits]:
+    def install(soft: int, hard: int, ceiling: int | None = None) -> FakeLimits:
+        fake = FakeLimits(soft, hard, ceiling)
         monkeypatch.setattr(engine.run, "resource", fake)
         return fake
 
@@ -50,28 +54,28 @@ def test_the_default_concurrency_is_not_what_limits_a_wide_campaign() -> None:
     assert Settings().concurrency >= 2000
 
 
-def test_a_limit_with_room_is_left_alone(limits: Callable[[int, int], FakeLimits]) -> None:
+def test_a_limit_with_room_is_left_alone(limits: Callable[..., FakeLimits]) -> None:
     fake = limits(SPARE_FILES + 2048, SPARE_FILES + 2048)
     assert fit_open_files(2048) == (2048, None)
     assert fake.set_to is None
 
 
 def test_the_soft_limit_is_raised_as_far_as_needed(
-    limits: Callable[[int, int], FakeLimits],
+    limits: Callable[..., FakeLimits],
 ) -> None:
     fake = limits(1024, 524288)
     assert fit_open_files(2048) == (2048, None)
     assert fake.set_to == (SPARE_FILES + 2048, 524288)
 
 
-def test_an_in_process_simulator_counts_twice(limits: Callable[[int, int], FakeLimits]) -> None:
+def test_an_in_process_simulator_counts_twice(limits: Callable[..., FakeLimits]) -> None:
     fake = limits(1024, INFINITY)
     assert fit_open_files(2048, per_request=2) == (2048, None)
     assert fake.set_to == (SPARE_FILES + 4096, INFINITY)
 
 
 def test_past_the_hard_limit_fewer_requests_fly_and_the_user_is_told(
-    limits: Callable[[int, int], FakeLimits],
+    limits: Callable[..., FakeLimits],
 ) -> None:
     fake = limits(256, 1024)
     concurrency, warning = fit_open_files(2048)
@@ -82,8 +86,17 @@ def test_past_the_hard_limit_fewer_requests_fly_and_the_user_is_told(
     assert "ulimit -n" in warning
 
 
+def test_a_refused_raise_falls_back_to_the_soft_limit(
+    limits: Callable[..., FakeLimits],
+) -> None:
+    fake = limits(256, INFINITY, ceiling=200)
+    concurrency, warning = fit_open_files(2048)
+    assert (concurrency, fake.set_to) == (256 - SPARE_FILES, None)
+    assert warning is not None and "may open 256 files" in warning
+
+
 def test_even_a_tiny_limit_leaves_one_request_in_flight(
-    limits: Callable[[int, int], FakeLimits],
+    limits: Callable[..., FakeLimits],
 ) -> None:
     limits(SPARE_FILES, SPARE_FILES)
     assert fit_open_files(10)[0] == 1
