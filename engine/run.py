@@ -20,6 +20,7 @@ from yarl import URL
 
 from engine.campaign import Campaign
 from engine.client import PreparedRequest, XtClient
+from engine.clock import Clock, wall_clock
 from engine.collector import Collector, RunStats
 from engine.results import JobResult, ResultLog
 from engine.runner import Runner
@@ -44,6 +45,8 @@ class RunOptions:
     simulate: SimConfig | None = None
     on_result: Callable[[JobResult], None] | None = None
     on_start: Callable[[RunStats], None] | None = None
+    #: What time it is: for ``schedule.at``, cron firings, ``not_before`` and ``finished_at``.
+    clock: Clock = wall_clock
 
 
 def default_results_path(jobs_file: Path) -> Path:
@@ -160,7 +163,7 @@ async def run_campaign(campaign: Campaign, options: RunOptions) -> RunStats:
                 recv_window_ms=settings.recv_window_ms,
             )
             stack.push_async_callback(client.close)
-            runner = Runner(campaign, client, collector)
+            runner = Runner(campaign, client, collector, clock=options.clock)
             signals.attach(runner)
             if options.on_start is not None:
                 options.on_start(collector.stats)

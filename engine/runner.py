@@ -18,11 +18,12 @@ import time
 from collections.abc import Awaitable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from functools import partial
 
 from engine.campaign import Account, Campaign, FollowJob
 from engine.client import Answer, NotSentError, TransportError, XtClient
+from engine.clock import Clock, wall_clock
 from engine.collector import Collector, KeyStats, RunStats
 from engine.limiter import KeyLimiter
 from engine.policy import Decision, Verdict, backoff, judge
@@ -62,8 +63,8 @@ class _Key:
     pending: int = 0
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def iso_millis(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Runner:
@@ -75,12 +76,14 @@ class Runner:
         *,
         rng: random.Random | None = None,
         grace: float = GRACE_SECONDS,
+        clock: Clock = wall_clock,
     ) -> None:
         self.campaign = campaign
         self.settings = campaign.settings
         self.client = client
         self.collector = collector
         self.grace = grace
+        self.clock = clock
         self._rng = rng or random.Random()
         self._slots = asyncio.Semaphore(self.settings.concurrency)
         self._keys: dict[str, _Key] = {}
@@ -139,7 +142,7 @@ class Runner:
             if self._drop_if_disabled(key, run):
                 continue
             not_before = run.job.not_before
-            if not_before is not None and (wait := _seconds_until(not_before)) > 0:
+            if not_before is not None and (wait := (not_before - self.clock()).total_seconds()) > 0:
                 loop.call_later(wait, key.queue.put_nowait, run)
                 continue
             await self._slots.acquire()
@@ -233,7 +236,7 @@ class Runner:
             attempts=run.attempts,
             error=decision.error,
             latency_ms=round(run.latency * 1000, 1) if run.latency is not None else None,
-            finished_at=utc_now(),
+            finished_at=iso_millis(self.clock()),
             ambiguous=run.ambiguous,
             sent=run.sent,
         )
@@ -300,7 +303,3 @@ async def _first_of(*awaitables: Awaitable[object], timeout: float | None = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _seconds_until(moment: datetime) -> float:
-    return (moment - datetime.now(timezone.utc)).total_seconds()

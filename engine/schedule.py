@@ -26,6 +26,7 @@ from croniter import croniter
 from rich.console import Console
 
 from engine.campaign import Campaign, Schedule
+from engine.clock import Clock
 from engine.jobfile import JobFileError
 from engine.report import EXIT_INTERRUPTED, EXIT_USAGE, Countdown, iso_utc, run_and_report
 from engine.results import ResultLog, ResultsFileError
@@ -35,15 +36,9 @@ from engine.run import InsecureTransportError, RunOptions
 #: ``schedule --once`` a moment after the minute it fires at.
 MISFIRE_GRACE = timedelta(seconds=60)
 
-#: The current time, timezone-aware.
-Clock = Callable[[], datetime]
 #: Reads the job file with the command line applied; raises ``JobFileError`` or
 #: ``InsecureTransportError`` when the file cannot be run.
 Loader = Callable[[], Campaign]
-
-
-def wall_clock() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def next_firing(schedule: Schedule, after: datetime) -> datetime:
@@ -106,13 +101,13 @@ async def run_at(
     console: Console,
     start: datetime | None,
     *,
-    clock: Clock = wall_clock,
     stream: TextIO | None = None,
 ) -> int:
     """``follow-engine run``: wait for ``start`` (the file's ``schedule.at``), interruptibly and
     sending nothing meanwhile, then run once; the exit code. ``stream`` [stderr] gets all
     but the summary."""
     stream = stream or sys.stderr
+    clock = options.clock
     if start is not None and start <= clock():
         print(f"schedule.at {iso_utc(start)} has passed: starting now", file=stream, flush=True)
     elif start is not None:
@@ -134,7 +129,6 @@ class Scheduler:
         options: RunOptions,
         console: Console,
         *,
-        clock: Clock = wall_clock,
         stream: TextIO | None = None,
     ) -> None:
         """``first`` is the file as checked at start: its cron gives the first firing."""
@@ -144,7 +138,7 @@ class Scheduler:
         self.schedule = first.schedule
         self.options = options
         self.console = console
-        self.clock = clock
+        self.clock = options.clock
         self.stream = stream or sys.stderr
         self._warned = set(first.warnings)
 

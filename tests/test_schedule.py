@@ -4,9 +4,8 @@ Time is driven, not waited for: under ``@pytest.mark.looptime`` the event loop's
 jumps to the next timer, and the scheduler reads a clock that follows it from a fixed
 start. Each test proves what was sent by what the simulator on loopback saw arrive.
 
-The runner compares ``not_before`` with the wall clock, not the scheduler's; the fake
-clock here starts in 2020, so for the runner every ``not_before`` in these files has
-passed and only the scheduler's own decisions are under test in looptime tests.
+The runner reads the same clock (``RunOptions.clock``) for ``not_before`` and for the
+``finished_at`` it records.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import io
 import json
 import os
 import signal
-import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -29,9 +27,10 @@ from rich.console import Console
 from engine import jobfile
 from engine.campaign import Schedule
 from engine.cli import main
+from engine.clock import Clock
 from engine.results import ResultLog
 from engine.run import RunOptions
-from engine.schedule import Clock, Scheduler, next_firing, run_at
+from engine.schedule import Scheduler, next_firing, run_at
 from engine.simulator import SimConfig, Simulator
 from tests.procs import start_piped
 
@@ -114,9 +113,8 @@ class ScheduleRun:
         self.scheduler = Scheduler(
             lambda: jobfile.load(path),
             jobfile.load(path),
-            RunOptions(results=self.results),
+            RunOptions(results=self.results, clock=clock),
             Console(file=self.out, width=200),
-            clock=clock,
             stream=self.err,
         )
 
@@ -167,11 +165,9 @@ async def test_at_in_the_near_future_sends_nothing_before_it(tmp_path: Path) -> 
         campaign = jobfile.load(path)
         assert campaign.schedule is not None and campaign.schedule.at == start
         err = io.StringIO()
-        options = RunOptions(results=tmp_path / "r.jsonl")
+        options = RunOptions(results=tmp_path / "r.jsonl", clock=clock)
         console = Console(file=io.StringIO())
-        run = asyncio.create_task(
-            run_at(campaign, options, console, start, clock=clock, stream=err)
-        )
+        run = asyncio.create_task(run_at(campaign, options, console, start, stream=err))
         await sleep_until(clock, start - timedelta(seconds=1))
         assert sim.arrivals == []
         assert f"starting at {iso(start)}, in 1m 30s" in err.getvalue()
@@ -180,23 +176,30 @@ async def test_at_in_the_near_future_sends_nothing_before_it(tmp_path: Path) -> 
     assert followed(sim) == [0, 1, 2]
 
 
+@pytest.mark.looptime
 async def test_not_before_jobs_stay_back_while_others_go(tmp_path: Path) -> None:
-    """Real time, briefly: the runner holds a job against the wall clock."""
-    hold = datetime.now(timezone.utc) + timedelta(seconds=1)
-    held_from = time.monotonic() + (hold - datetime.now(timezone.utc)).total_seconds()
+    clock = loop_clock(START)
+    hold = START + timedelta(minutes=5)
     async with Simulator(ACCOUNTS) as sim:
         path = write_jobs(
             tmp_path / "jobs.yaml", sim.base_url or "", "", range(4), {1: hold, 3: hold}
         )
-        options = RunOptions(results=tmp_path / "r.jsonl")
+        options = RunOptions(results=tmp_path / "r.jsonl", clock=clock)
         console = Console(file=io.StringIO())
-        code = await run_at(jobfile.load(path), options, console, None, stream=io.StringIO())
-    assert code == 0
-    free, held = sim.arrivals[:2], sim.arrivals[2:]
-    assert {a.leader_id - LEADER for a in free} == {0, 2}
-    assert {a.leader_id - LEADER for a in held} == {1, 3}
-    assert all(a.t < held_from for a in free)
-    assert all(a.t >= held_from - 0.01 for a in held)
+        run = asyncio.create_task(
+            run_at(jobfile.load(path), options, console, None, stream=io.StringIO())
+        )
+        await sleep_until(clock, hold - timedelta(seconds=1))
+        assert sorted(followed(sim)) == [0, 2]
+        assert await run == 0
+    assert sorted(followed(sim)) == [0, 1, 2, 3]
+    lines = map(json.loads, (tmp_path / "r.jsonl").read_text().splitlines())
+    finished = {
+        line["leaderOrderId"] - LEADER: datetime.fromisoformat(line["finished_at"][:-1] + "+00:00")
+        for line in lines
+    }
+    assert all(finished[n] < hold for n in (0, 2))
+    assert all(finished[n] >= hold for n in (1, 3))
 
 
 # schedule: firings
