@@ -135,13 +135,13 @@ async def run_campaign(campaign: Campaign, options: RunOptions) -> RunStats:
             print(f"warning: {options.results}: {more} more lines skipped", file=sys.stderr)
         done = past.ok_jobs()
         jobs = [job for job in campaign.jobs if job.id not in done]
-        # An in-process simulator holds the other end of every connection.
-        per_request = 1 if options.simulate is None else 2
-        concurrency, warning = fit_open_files(campaign.settings.concurrency, per_request)
+        # Never more in flight than jobs to run; an in-process simulator holds the other end
+        # of every connection.
+        wanted = min(campaign.settings.concurrency, max(1, len(jobs)))
+        fits, warning = fit_open_files(wanted, 1 if options.simulate is None else 2)
         if warning is not None:
             print(warning, file=sys.stderr)
-            settings = replace(campaign.settings, concurrency=concurrency)
-            campaign = replace(campaign, settings=settings)
+            campaign = replace(campaign, settings=replace(campaign.settings, concurrency=fits))
         collector = Collector(log, on_result=options.on_result)
         collector.stats.skipped = len(campaign.jobs) - len(jobs)
         async with AsyncExitStack() as stack:
