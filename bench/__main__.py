@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import overhead, scale, utilisation
-from bench.clients import CCXT, CLIENTS, ENGINE, FLOOR, REPO, Env
+from bench.clients import CCXT, CLIENTS, ENGINE, IDEAL, REPO, Env
 from bench.report import render, write_results
 from bench.shapes import RATE_LIMIT, SHAPES, TINY, Shape
 
@@ -38,14 +38,14 @@ class Plan:
 def cases(
     shapes: list[Shape], latencies: list[float], clients: tuple[str, ...]
 ) -> list[tuple[Shape, float, str]]:
-    """Every client on every shape at every latency, and the floor beside the engine on the
-    shapes it applies to (every key's jobs within one window)."""
+    """Every client on every shape at every latency, and the ideal client beside the engine on
+    the shapes it applies to (every key's jobs within one window)."""
     util = []
     for shape in shapes:
         for latency in latencies:
             util += [(shape, latency, c) for c in clients]
             if ENGINE in clients and max(shape.jobs_per_key) <= RATE_LIMIT:
-                util.append((shape, latency, FLOOR))
+                util.append((shape, latency, IDEAL))
     return util
 
 

@@ -1,8 +1,8 @@
 """The clients compared, each as the command its user would run.
 
 The engine runs as ``follow-engine run`` (its console script, job file defaults: 10/s per key,
-2048 in flight, retries on); the baselines run as their own scripts, and so does the floor
-(``bench.floor``) on the shapes it applies to. All are child processes so each is measured
+2048 in flight, retries on); the baselines run as their own scripts, and so does the ideal client
+(``bench.ideal``) on the shapes it applies to. All are child processes so each is measured
 alone (``measure.run_measured``).
 """
 
@@ -18,7 +18,7 @@ from bench.shapes import ShapeFiles
 from bench.validate import follow_engine
 
 REPO = Path(__file__).resolve().parent.parent
-ENGINE, NAIVE, CCXT, FLOOR = "engine", "naive", "ccxt", "floor"
+ENGINE, NAIVE, CCXT, IDEAL = "engine", "naive", "ccxt", "ideal"
 CLIENTS = (ENGINE, NAIVE, CCXT)
 
 
@@ -50,5 +50,5 @@ def command(client: str, files: ShapeFiles, url: str, results: Path, env: Env) -
     if is_engine(client):
         options = shlex.split(client)[1:]
         return engine_command(files, url, results, *env.engine_args, *options)
-    module = {NAIVE: "bench.naive", CCXT: "bench.ccxt_script", FLOOR: "bench.floor"}[client]
+    module = {NAIVE: "bench.naive", CCXT: "bench.ccxt_script", IDEAL: "bench.ideal"}[client]
     return [sys.executable, "-m", module, str(files.plain_json), url]

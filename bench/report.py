@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from itertools import pairwise
 from pathlib import Path
 
-from bench.clients import CCXT, ENGINE, FLOOR, NAIVE, REPO
+from bench.clients import CCXT, ENGINE, IDEAL, NAIVE, REPO
 from bench.overhead import Overhead
 from bench.scale import ScaleRow
 from bench.utilisation import UtilRow
@@ -170,7 +170,7 @@ def _marginal_us_per_job(rows: list[ScaleRow]) -> list[float | None]:
 def targets(util: list[UtilRow], over: Overhead | None, scale: list[ScaleRow]) -> str:
     """One line per target of the issue: met or missed, with the number."""
     lines = []
-    floors = {(r.shape.name, r.latency): r for r in util if r.client == FLOOR}
+    ideals = {(r.shape.name, r.latency): r for r in util if r.client == IDEAL}
     for r in (r for r in util if r.client == ENGINE):
         ratio = _ratio(r.makespan, r.minimum)
         clean = r.stats.http_429 == 0 and r.stats.violations == 0 and r.failed == 0
@@ -183,7 +183,7 @@ def targets(util: list[UtilRow], over: Overhead | None, scale: list[ScaleRow]) -
             f"- {'met' if met else '**MISSED**'}: {r.shape.name} at {r.latency * 1000:g} ms: "
             f"{ratio:.3f} of the minimum{spread} (target <= {UTIL_RATIO}), "
             f"{r.stats.http_429} 429s, {r.stats.violations} violations, {r.failed} failed"
-            + _against_floor(r, floors.get((r.shape.name, r.latency)))
+            + _against_ideal(r, ideals.get((r.shape.name, r.latency)))
         )
     if over is not None:
         rate = over.large.rate
@@ -214,12 +214,12 @@ def targets(util: list[UtilRow], over: Overhead | None, scale: list[ScaleRow]) -
     return "\n".join(lines)
 
 
-def _against_floor(engine: UtilRow, floor: UtilRow | None) -> str:
-    if floor is None:
+def _against_ideal(engine: UtilRow, ideal: UtilRow | None) -> str:
+    if ideal is None:
         return ""
     return (
-        f"; this machine's floor (`bench/floor.py`) {_ratio(floor.makespan, floor.minimum):.3f}"
-        f", engine/floor {_ratio(engine.makespan, floor.makespan):.3f}"
+        f"; the ideal client (`bench/ideal.py`) {_ratio(ideal.makespan, ideal.minimum):.3f}"
+        f", engine/ideal {_ratio(engine.makespan, ideal.makespan):.3f}"
     )
 
 

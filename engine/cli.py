@@ -120,13 +120,8 @@ class _Target:
             click.echo(f"warning: {warning}", err=True)
         return campaign
 
-    def run_options(self, campaign: Campaign, *, fresh: bool = False) -> RunOptions:
-        api = campaign.settings.api
-        sim = (
-            SimConfig(latency=self.sim_latency, rate_limit=api.rate_limit, per_ip=api.per_ip)
-            if self.simulate
-            else None
-        )
+    def run_options(self, *, fresh: bool = False) -> RunOptions:
+        sim = SimConfig(latency=self.sim_latency) if self.simulate else None
         results = self.results or default_results_path(self.jobs_file)
         return RunOptions(results=results, fresh=fresh, simulate=sim)
 
@@ -198,7 +193,7 @@ def run(now: bool, fresh: bool, dry_run: bool, **target: Any) -> None:
         return
     campaign = where.checked()
     start = None if now else _start(campaign)
-    options = where.run_options(campaign, fresh=fresh)
+    options = where.run_options(fresh=fresh)
     if start is not None:
         _check_results(options.results)
     _execute(run_at(campaign, options, Console(highlight=False), start))
@@ -237,7 +232,7 @@ def schedule(once: bool, **target: Any) -> None:
             else "add schedule: {cron: ...}"
         )
         _fail(f"{campaign.path}: no schedule.cron to run; {hint}; nothing sent")
-    options = where.run_options(campaign)
+    options = where.run_options()
     _check_results(options.results)
     scheduler = Scheduler(where.load, campaign, options, Console(highlight=False))
     _execute(scheduler.run(once=once))

@@ -41,7 +41,8 @@ class InsecureTransportError(Exception):
 class RunOptions:
     results: Path
     fresh: bool = False
-    #: Run against a built-in simulator on loopback, configured so.
+    #: Run against a built-in simulator on loopback, configured so; the limit it enforces
+    #: is always that of the campaign's API (read afresh at each firing of a schedule).
     simulate: SimConfig | None = None
     on_result: Callable[[JobResult], None] | None = None
     on_start: Callable[[RunStats], None] | None = None
@@ -149,9 +150,10 @@ async def run_campaign(campaign: Campaign, options: RunOptions) -> RunStats:
             signals = stack.enter_context(_StopOnSignals(collector.stats))
             base_url = campaign.base_url
             if options.simulate is not None:
+                api = campaign.settings.api
                 simulator = Simulator(
                     {a.api_key: a.secret_key for a in campaign.accounts.values()},
-                    options.simulate,
+                    replace(options.simulate, rate_limit=api.rate_limit, per_ip=api.per_ip),
                 )
                 base_url = await simulator.start()
                 stack.push_async_callback(simulator.close)

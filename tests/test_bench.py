@@ -24,7 +24,7 @@ def test_bench_smoke_run_fills_every_table(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     text = report.read_text()
-    for client in ("engine", "naive", "floor"):
+    for client in ("engine", "naive", "ideal"):
         row = next(line for line in text.splitlines() if f"| 5 ms | {client} |" in line)
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[0] == "tiny (2x3)"
@@ -34,4 +34,4 @@ def test_bench_smoke_run_fills_every_table(tmp_path: Path) -> None:
     assert "| 100 |" in text and "| 200 |" in text  # overhead at both sizes
     assert "100/100" in text  # the scale run sent every job
     assert "### Targets" in text
-    assert "this machine's floor" in text  # the engine set against the ideal client
+    assert "engine/ideal" in text  # the engine set against the ideal client

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine.profiles import V1
+from engine.run import RunOptions, run_campaign
 from engine.runner import Runner
 from engine.simulator import SimConfig, Simulator
 from tests.support import BASE_LEADER, accounts_of, make_campaign, run_against
@@ -218,3 +219,16 @@ async def test_abort_records_requests_in_flight_as_ambiguous(tmp_path: Path) -> 
     for result in outcome.results.values():
         assert (result.status, result.ambiguous, result.sent) == ("failed", True, True)
         assert result.error.startswith("interrupted with the request in flight")
+
+
+async def test_the_simulated_exchange_keeps_the_limit_of_the_campaigns_api(
+    tmp_path: Path,
+) -> None:
+    """``--simulate`` enforces the limit of the API the campaign uses, taken at each run (a
+    scheduled file may change API between firings): told 10/s, a v1 campaign still meets
+    v1's 2/s per IP, and its 429s are retried."""
+    campaign = make_campaign({"alice": 2, "bob": 2}, tmp_path, api=V1, rate_limit=10)
+    options = RunOptions(results=tmp_path / "r.jsonl", simulate=SimConfig())
+    stats = await run_campaign(campaign, options)
+    assert (stats.ok, stats.failed) == (4, 0)
+    assert stats.retries >= 2  # four at once, two refused by a limit of 2 per IP

@@ -1,12 +1,13 @@
-"""The floor: the fastest any client can finish a one-window shape on this machine.
+"""The ideal client: a one-window shape sent with nothing but the sending on the clock.
 
 Where every key's jobs fit in one window of the limit, the limit lets all of them leave at
 once. This client does only that, with everything else done before the clock starts: a
 connection per job opened and every request signed and written out as bytes, then all sent
 in one loop of ``sendall`` (about 20 ms for 2,000), then the answers read. What remains of its
-makespan is the simulator's: taking the requests in and writing the answers. An engine near
-this floor has nothing left to gain on this machine. Run as ``python -m bench.floor
-PLAIN.json BASE_URL``; prints a JSON tally like the other baselines.
+makespan is the simulator's work: taking the requests in and writing the answers. It is not a
+strict floor (requests spread out a little can let the simulator overlap its two halves), but
+a client well above it has work of its own to cut, and one near it has little. Run as
+``python -m bench.ideal PLAIN.json BASE_URL``; prints a JSON tally like the other baselines.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def complete(answer: bytes) -> bool:
 def main(jobs: list[dict[str, Any]], base_url: str) -> Counter[str]:
     per_key = Counter(job["api_key"] for job in jobs)
     if max(per_key.values()) > RATE_LIMIT:
-        raise SystemExit("the floor client sends everything at once: one window's jobs per key")
+        raise SystemExit("the ideal client sends everything at once: one window's jobs per key")
     fit_open_files(len(jobs))
     url = URL(base_url)
     host, port = url.host or "127.0.0.1", url.port or 80
