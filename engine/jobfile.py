@@ -1,16 +1,17 @@
 """Reading a job file: YAML in, a checked ``Campaign`` out, or every problem at once.
 
 ``yamlread`` turns the file into plain data that remembers its lines; pydantic
-models (``models``) check it; this module maps every error back to its line and
-builds the plain ``Campaign`` the engine runs.
+models (``models``) check it; this module builds the plain ``Campaign`` the engine
+runs, and ``problems`` names what is wrong when it cannot. A valid file's jobs are
+validated one at a time, so that their models never all live at once; a file with a
+problem is validated whole, to name every problem.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +28,19 @@ from engine.campaign import (
 )
 from engine.models import (
     FOLLOW_FIELDS,
-    MANDATORY_FIELDS,
-    SECTIONS,
-    WHEN,
     FollowParamsModel,
+    JobFileHeader,
     JobFileModel,
     JobModel,
     SettingsModel,
 )
-from engine.profiles import LEADER_FIELDS, PROFILES, ApiProfile
+from engine.problems import check_jobs, describe, format_problem, leader_fields, locate, redact
+from engine.profiles import PROFILES, ApiProfile
 from engine.yamlread import (
     MAX_FILE_BYTES,
     Builder,
     JobFileError,
     LineDict,
-    LineList,
     Loc,
     gc_paused,
     printable,
@@ -80,10 +79,15 @@ def _campaign(path: Path, doc: LineDict, builder: Builder, api: str | None) -> C
     settings = doc.get("settings")
     name = api or (settings.get("api") if isinstance(settings, dict) else None) or "v4"
     profile = PROFILES.get(name) if isinstance(name, str) else None
+    if not builder.problems and profile is not None:
+        campaign = _valid_campaign(path, doc, profile, builder)
+        if campaign is not None:
+            return campaign
+    # Something is wrong: the whole file in one validation, to name every problem.
     problems = list(builder.problems)
 
     def add(loc: Loc, message: str) -> None:
-        problems.append((_locate(doc, loc), loc, message))
+        problems.append((locate(doc, loc), loc, message))
 
     try:
         model = JobFileModel.model_validate(doc)
@@ -91,165 +95,40 @@ def _campaign(path: Path, doc: LineDict, builder: Builder, api: str | None) -> C
         model = None
         for error in exc.errors(include_url=False, include_context=False, include_input=False):
             if error["loc"] not in builder.flagged:
-                add(error["loc"], _message(error))
-    _check_jobs(doc, profile, add)
+                add(error["loc"], describe(error))
+    check_jobs(doc, profile, add)
     if problems or model is None or profile is None:
-        leaders = _leaders(profile)
+        leaders = leader_fields(profile)
         problems.sort(key=lambda problem: problem[0])
         raise JobFileError(
-            _redact([_format(builder.where, doc, leaders, *p) for p in problems], doc)
+            redact([format_problem(builder.where, doc, leaders, *p) for p in problems], doc)
         )
-    return _build(path, doc, model, profile, builder)
+    return _build(path, doc, model, model.jobs, profile, builder)
 
 
-#: A secret shorter than this is no real key, and blotting it out would garble messages.
-_MIN_SECRET = 6
-
-
-def _secrets(doc: LineDict) -> list[str]:
-    """Every account's secret key as read (``${VAR}`` resolved), longest first."""
-    accounts = doc.get("accounts")
-    found = {
-        secret
-        for account in (accounts.values() if isinstance(accounts, dict) else ())
-        if isinstance(account, dict)
-        and isinstance(secret := account.get("secret_key"), str)
-        and len(secret) >= _MIN_SECRET
-    }
-    return sorted(found, key=len, reverse=True)
-
-
-def _redact(messages: list[str], doc: LineDict) -> list[str]:
-    """``messages`` with any secret key blotted out: a value quoted back to the user (a job
-    id, a symbol) may be a secret put in the wrong place, ``${XT_ALICE_SECRET_KEY}``."""
-    everything = "\n".join(messages)
-    found = [secret for secret in _secrets(doc) if secret in everything]
-    for secret in found:  # rarely any: the common case costs one scan per secret
-        messages = [message.replace(secret, "<secret>") for message in messages]
-    return messages
-
-
-def _message(error: Any) -> str:
-    kind, loc = error["type"], error["loc"]
-    if kind == "extra_forbidden":
-        parent = loc[:-1]
-        model = SECTIONS.get(parent[0]) if parent else JobFileModel
-        depth = 2 if parent[:1] in (("accounts",), ("jobs",)) else 1
-        keys = model.model_fields if model and len(parent) in (0, depth) else ()
-        close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
-        return "unknown key" + (f"; did you mean {close[0]}?" if close else "")
-    if kind == "timezone_aware" or kind.startswith("datetime"):
-        return f"must be {WHEN}"
-    messages = {
-        "missing": "required",
-        "model_type": "must be a mapping",
-        "dict_type": "must be a mapping",
-        "list_type": "must be a list",
-        "string_type": "must be text (quote values that look like numbers)",
-        "invalid_key": "keys must be text",
-        "too_short": "must not be empty",
-        "string_too_short": "must not be empty",
-    }
-    return messages.get(kind) or error["msg"].replace("Input should be ", "must be ")
-
-
-def _locate(doc: LineDict, loc: Loc) -> int:
-    """The line of the deepest part of ``loc`` the file has (a missing key: its mapping's)."""
-    node: Any = doc
-    line = doc.line
-    for part in loc:
-        if isinstance(node, LineDict) and part in node.key_lines:
-            line = node.key_lines[part]
-        elif isinstance(node, LineList) and type(part) is int and 0 <= part < len(node):
-            line = node.item_lines[part]
-        else:
-            break
-        node = node[part]
-    return line
-
-
-def _format(
-    where: str, doc: LineDict, leaders: tuple[str, ...], line: int, loc: Loc, message: str
-) -> str:
-    label = ""
-    for part in loc[2:] if _is_job(loc) else loc:
-        if part == "[key]":  # pydantic's marker for a bad mapping key: the key is named already
-            continue
-        label += f"[{part}]" if type(part) is int else f".{part}" if label else str(part)
-    if _is_job(loc):
-        # Not always there: a problem inside a duplicate ``jobs:`` the reader set aside.
-        jobs = doc.get("jobs")
-        entry = jobs[loc[1]] if isinstance(jobs, list) and loc[1] < len(jobs) else None
-        job = f"job {_job_id(entry, leaders) or '?'} (jobs[{loc[1]}])"
-        label = f"{job}: {label}" if label else job
-    return f"{where}:{line}: {label}: {message}" if label else f"{where}:{line}: {message}"
-
-
-def _is_job(loc: Loc) -> bool:
-    return len(loc) >= 2 and loc[0] == "jobs" and type(loc[1]) is int
-
-
-def _leaders(profile: ApiProfile | None) -> tuple[str, ...]:
-    """Leader id fields, the profile's first: a job written for the other API still gets a name."""
-    first = (profile.leader_field,) if profile else ()
-    return first + tuple(sorted(LEADER_FIELDS - set(first)))
-
-
-def _text(value: object) -> str | None:
-    if isinstance(value, str):
-        return value or None
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _job_id(job: object, leaders: tuple[str, ...]) -> str | None:
-    """The job's ``id``, else ``<account>:<leader id>``, read from the raw entry."""
-    if not isinstance(job, dict):
+def _valid_campaign(
+    path: Path, doc: LineDict, profile: ApiProfile, builder: Builder
+) -> Campaign | None:
+    """The campaign, built one job at a time; None at the first sign of a problem."""
+    found: list[Loc] = []
+    try:
+        header = JobFileHeader.model_validate(doc)
+        check_jobs(doc, profile, lambda loc, message: found.append(loc))
+        if found:
+            return None
+        job_models = (JobModel.model_validate(job) for job in header.jobs)
+        return _build(path, doc, header, job_models, profile, builder)
+    except ValidationError:
         return None
-    account = _text(job.get("account"))
-    for field in leaders:
-        leader = job.get(field)
-        if isinstance(leader, str) and leader.isascii() and leader.isdigit() and len(leader) < 30:
-            leader = int(leader)
-        if account and isinstance(leader, int) and not isinstance(leader, bool):
-            return _text(job.get("id")) or f"{account}:{leader}"
-    return _text(job.get("id"))
-
-
-def _check_jobs(doc: LineDict, profile: ApiProfile | None, add: Any) -> None:
-    """The rules that need defaults merged in or the whole list: on the raw data, so they
-    are reported together with whatever else is wrong."""
-    jobs, defaults, accounts = doc.get("jobs"), doc.get("defaults"), doc.get("accounts")
-    if not isinstance(jobs, LineList):
-        return
-    defaults = defaults if isinstance(defaults, dict) else {}
-    names = {_text(name) for name in accounts} if isinstance(accounts, dict) else None
-    leaders = _leaders(profile)
-    seen: dict[str, int] = {}
-    for i, job in enumerate(jobs):
-        if not isinstance(job, dict):
-            continue
-        for field in MANDATORY_FIELDS:
-            if (job[field] if field in job else defaults.get(field)) is None:
-                add(("jobs", i, field), "required: set it in the job or in defaults")
-        if profile is not None:
-            wrong = [field for field in leaders[1:] if field in job]
-            for field in wrong:
-                add(("jobs", i, field), f"not taken by the {profile.name} API; write {leaders[0]}")
-            if not wrong and job.get(leaders[0]) is None:
-                add(("jobs", i, leaders[0]), "required")
-        account = _text(job.get("account"))
-        if names is not None and account and account not in names:
-            add(("jobs", i, "account"), f"no account named {account} in accounts")
-        job_id = _job_id(job, leaders)
-        if job_id is not None and seen.setdefault(job_id, i) != i:
-            first = seen[job_id]
-            loc = ("jobs", i, "id") if "id" in job else ("jobs", i)
-            line = jobs.item_lines[first]
-            add(loc, f"duplicate job id {job_id}: jobs[{first}] at line {line} has it too")
 
 
 def _build(
-    path: Path, doc: LineDict, model: JobFileModel, profile: ApiProfile, builder: Builder
+    path: Path,
+    doc: LineDict,
+    model: JobFileModel,
+    job_models: Iterable[JobModel],
+    profile: ApiProfile,
+    builder: Builder,
 ) -> Campaign:
     given = model.settings or SettingsModel()
     settings = Settings(
@@ -262,7 +141,7 @@ def _build(
     )
     defaults = model.defaults or FollowParamsModel()
     lines = doc["jobs"].item_lines
-    jobs = tuple(_follow_job(job, defaults, profile, lines[i]) for i, job in enumerate(model.jobs))
+    jobs = tuple(_follow_job(job, defaults, profile, lines[i]) for i, job in enumerate(job_models))
     schedule = model.schedule and Schedule(
         at=model.schedule.at, cron=model.schedule.cron, timezone=model.schedule.timezone
     )
@@ -303,7 +182,7 @@ def _follow_job(
 def _secret_warnings(doc: LineDict, model: JobFileModel, builder: Builder) -> Iterator[str]:
     for name in model.accounts:
         var = "XT_" + re.sub(r"[^A-Z0-9]", "_", name.upper()) + "_SECRET_KEY"
-        where = f"{builder.where}:{_locate(doc, ('accounts', name, 'secret_key'))}: account {name}"
+        where = f"{builder.where}:{locate(doc, ('accounts', name, 'secret_key'))}: account {name}"
         defaulted = builder.secret_refs.get(name)
         if defaulted is None:
             yield (

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -287,6 +287,13 @@ class JobFileModel(_Model):
     )
     jobs: list[JobModel] = Field(min_length=1, description="The follows to make, one request each.")
     schedule: ScheduleModel | None = Field(None, description="Optional: when the campaign runs.")
+
+
+class JobFileHeader(JobFileModel):
+    """The job file with its jobs only counted: a valid file's jobs are then validated one at
+    a time, so that one job's model is alive at once, not all of them (74 MB at 100,000)."""
+
+    jobs: list[Any] = Field(min_length=1)
 
 
 #: The follow parameters in wire order (after the leader id).
