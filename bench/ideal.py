@@ -41,7 +41,8 @@ def outcome(answer: bytes) -> str:
     status = head.split(b" ", 2)[1].decode() if head.startswith(b"HTTP/1.1 ") else "?"
     if status != "200":
         return f"HTTP {status}"
-    return "ok" if json.loads(body).get("rc") == 0 else str(json.loads(body).get("mc"))
+    envelope = json.loads(body)
+    return "ok" if envelope.get("rc") == 0 else str(envelope.get("mc"))
 
 
 def complete(answer: bytes) -> bool:
