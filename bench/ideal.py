@@ -24,7 +24,7 @@ from yarl import URL
 
 from bench.naive import PATH
 from bench.shapes import FOLLOW_PARAMS, RATE_LIMIT
-from engine.run import fit_open_files
+from engine.launch import fit_open_files
 from engine.signing import signed_headers
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from engine.run import fit_open_files
+from engine.launch import fit_open_files
 from engine.simulator import TIME_PATH, SimConfig, Simulator, max_in_window
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,18 +18,21 @@ from rich.console import Console
 
 from engine import jobfile
 from engine.campaign import Campaign, Settings
-from engine.profiles import PROFILES
-from engine.report import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from engine.results import ResultsFileError
-from engine.run import (
+from engine.launch import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
     InsecureTransportError,
-    RunOptions,
+    LaunchOptions,
     check_transport,
     default_results_path,
     dry_run,
     fit_open_files,
 )
-from engine.schedule import Scheduler, check_results, run_at
+from engine.profiles import PROFILES
+from engine.results import ResultsFileError
+from engine.schedule import Scheduler, check_results, start_at
+from engine.signals import StopSignals
 from engine.simulator import SimConfig, serve
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -110,20 +113,12 @@ class _Target:
 
     def checked(self, *, sending: bool = True) -> Campaign:
         """``load``, or exit 2 with every problem; warnings shown."""
-        try:
-            campaign = self.load(sending=sending)
-        except jobfile.JobFileError as exc:
-            _fail(f"{exc}\n{self.jobs_file}: {len(exc.problems)} problem(s); nothing sent")
-        except InsecureTransportError as exc:
-            _fail(str(exc))
-        for warning in campaign.warnings:
-            click.echo(f"warning: {warning}", err=True)
-        return campaign
+        return _checked(self.jobs_file, lambda: self.load(sending=sending))
 
-    def run_options(self, *, fresh: bool = False) -> RunOptions:
+    def run_options(self, signals: StopSignals, *, fresh: bool = False) -> LaunchOptions:
         sim = SimConfig(latency=self.sim_latency) if self.simulate else None
         results = self.results or default_results_path(self.jobs_file)
-        return RunOptions(results=results, fresh=fresh, simulate=sim)
+        return LaunchOptions(results=results, fresh=fresh, simulate=sim, signals=signals)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -131,11 +126,14 @@ def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     sys.exit(code)
 
 
-def _load(jobs_file: Path, api: str | None) -> Campaign:
+def _checked(jobs_file: Path, load: Callable[[], Campaign]) -> Campaign:
+    """The campaign ``load`` reads, or exit 2 with every problem; warnings shown."""
     try:
-        campaign = jobfile.load(jobs_file, api=api)
+        campaign = load()
     except jobfile.JobFileError as exc:
         _fail(f"{exc}\n{jobs_file}: {len(exc.problems)} problem(s); nothing sent")
+    except InsecureTransportError as exc:
+        _fail(str(exc))
     for warning in campaign.warnings:
         click.echo(f"warning: {warning}", err=True)
     return campaign
@@ -164,7 +162,7 @@ def main() -> None:
 @api_option
 def validate(jobs_file: Path, api: str | None) -> None:
     """Check a job file and send nothing."""
-    campaign = _load(jobs_file, api)
+    campaign = _checked(jobs_file, lambda: jobfile.load(jobs_file, api=api))
     settings = campaign.settings
     scope = "per IP" if settings.api.per_ip else "per key"
     click.echo(
@@ -191,12 +189,14 @@ def run(now: bool, fresh: bool, dry_run: bool, **target: Any) -> None:
     if dry_run:
         _print_dry_run(where.checked(sending=False))
         return
+    # Before the file is read: a stop asked for while it loads must stop the run unsent.
+    signals = StopSignals().install()
     campaign = where.checked()
     start = None if now else _start(campaign)
-    options = where.run_options(fresh=fresh)
+    options = where.run_options(signals, fresh=fresh)
     if start is not None:
         _check_results(options.results)
-    _execute(run_at(campaign, options, Console(highlight=False), start))
+    _execute(start_at(campaign, options, Console(highlight=False), start))
 
 
 def _start(campaign: Campaign) -> datetime | None:
@@ -224,6 +224,7 @@ def schedule(once: bool, **target: Any) -> None:
     """Run JOBS.yaml's schedule.cron campaign until stopped: at each firing, re-read the file
     and send every job not already ok in the results file."""
     where = _Target(**target)
+    signals = StopSignals().install()
     campaign = where.checked()
     if campaign.schedule is None or campaign.schedule.cron is None:
         hint = (
@@ -232,7 +233,7 @@ def schedule(once: bool, **target: Any) -> None:
             else "add schedule: {cron: ...}"
         )
         _fail(f"{campaign.path}: no schedule.cron to run; {hint}; nothing sent")
-    options = where.run_options()
+    options = where.run_options(signals)
     _check_results(options.results)
     scheduler = Scheduler(where.load, campaign, options, Console(highlight=False))
     _execute(scheduler.run(once=once))
@@ -281,7 +282,8 @@ def simulate(
     """Serve the simulated exchange until interrupted."""
     accounts = None
     if jobs_file is not None:
-        accounts = {a.api_key: a.secret_key for a in _load(jobs_file, None).accounts.values()}
+        campaign = _checked(jobs_file, lambda: jobfile.load(jobs_file))
+        accounts = {a.api_key: a.secret_key for a in campaign.accounts.values()}
     config = SimConfig(
         latency=latency, rate_limit=rate_limit, per_ip=per_ip, fault_rate=fault_rate, seed=seed
     )

@@ -20,10 +20,9 @@ import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 
 from engine.campaign import FollowValue
-from engine.profiles import ApiProfile
+from engine.profiles import TIME_PATH, ApiProfile
 from engine.signing import SIGNATURE_HEADER, signed_headers
 
-TIME_PATH = "/v4/public/time"
 _EXCERPT = 200
 #: An envelope is a few hundred bytes; a body past this is not one, and is not read further.
 MAX_BODY = 1 << 20

@@ -15,3 +15,9 @@ Clock = Callable[[], datetime]
 
 def wall_clock() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def iso_utc(moment: datetime, timespec: str = "seconds") -> str:
+    """``2026-12-01T09:00:00Z``: how every time is shown and recorded, whatever zone it was
+    given in."""
+    return moment.astimezone(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")

@@ -41,7 +41,7 @@ class KeyStats:
 
 
 @dataclass(slots=True)
-class RunStats:
+class CampaignStats:
     total: int = 0
     skipped: int = 0
     ok: int = 0
@@ -75,7 +75,7 @@ class Collector:
         self, log: ResultLog, on_result: Callable[[JobResult], None] | None = None
     ) -> None:
         self.log = log
-        self.stats = RunStats()
+        self.stats = CampaignStats()
         self._on_result = on_result
 
     def finish(self, result: JobResult) -> bool:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: XT's clock, the same under every profile (``GET``, unsigned).
+TIME_PATH = "/v4/public/time"
+
 
 @dataclass(frozen=True, slots=True)
 class ApiProfile:

@@ -3,12 +3,11 @@ and an exit code when it ends. Every time shown is ISO 8601 UTC."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TextIO
 
 from rich.console import Console
@@ -17,12 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from engine.campaign import Campaign
-from engine.collector import RunStats
+from engine.clock import iso_utc
+from engine.collector import CampaignStats
 from engine.results import JobResult
-from engine.run import RunOptions, run_campaign
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 #: Seconds between plain progress lines when output is not a terminal.
 PLAIN_INTERVAL = 5.0
@@ -35,7 +31,7 @@ TOP_KEYS = 5
 class ProgressDisplay:
     """A bar on a terminal; a plain line every few seconds anywhere else."""
 
-    def __init__(self, stats: RunStats, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, stats: CampaignStats, stream: TextIO = sys.stderr) -> None:
         self.stats = stats
         self.stream = stream
         self._bar: Progress | None = None
@@ -70,14 +66,14 @@ class ProgressDisplay:
             self._bar.stop()
 
 
-def _progress_line(stats: RunStats) -> str:
+def _progress_line(stats: CampaignStats) -> str:
     return (
         f"progress: {stats.finished}/{stats.total} finished (ok {stats.ok}, "
         f"failed {stats.failed}) in {stats.wall_seconds:.1f} s"
     )
 
 
-def print_summary(stats: RunStats, rate_limit: float, console: Console) -> None:
+def print_summary(stats: CampaignStats, rate_limit: float, console: Console) -> None:
     head = f"{stats.total} jobs: {stats.ok} ok, {stats.failed} failed"
     if stats.ambiguous:
         head += f" ({stats.ambiguous} ambiguous: check them on the exchange)"
@@ -117,11 +113,6 @@ def print_summary(stats: RunStats, rate_limit: float, console: Console) -> None:
 
 def _cell(value: object) -> str:
     return "-" if value is None else str(value)
-
-
-def iso_utc(moment: datetime) -> str:
-    """``2026-12-01T09:00:00Z``: how every time is shown, whatever zone it was given in."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def duration(seconds: float) -> str:
@@ -164,46 +155,3 @@ class Countdown:
         if self._live is not None:
             self._live.stop()
             self._live = None
-
-
-async def run_and_report(
-    campaign: Campaign, options: RunOptions, console: Console, stream: TextIO
-) -> int:
-    """One run as a person sees it, for ``run`` and for each firing of ``schedule``: progress
-    on ``stream``, the summary on ``console``; the exit code. Raises ``ResultsFileError``, as
-    ``run_campaign`` does, before anything is sent."""
-    display: ProgressDisplay | None = None
-
-    def on_start(stats: RunStats) -> None:
-        nonlocal display
-        if stats.skipped:
-            print(
-                f"skipping {stats.skipped} jobs already ok in {options.results}",
-                file=stream,
-                flush=True,
-            )
-        display = ProgressDisplay(stats, stream)
-        display.start()
-
-    def on_result(result: JobResult) -> None:
-        if display is not None:
-            display.on_result(result)
-
-    options = dataclasses.replace(options, on_start=on_start, on_result=on_result)
-    try:
-        stats = await run_campaign(campaign, options)
-    finally:
-        if display is not None:
-            display.close()
-    print_summary(stats, campaign.settings.rate_limit, console)
-    console.print(f"results: {options.results}", markup=False, highlight=False, soft_wrap=True)
-    if stats.write_error:
-        print(
-            f"error: {stats.write_error}; stopped sending. Unrecorded results follow:", file=stream
-        )
-        for result in stats.unrecorded:
-            print(result.to_json(), file=stream)
-        return EXIT_FAILED
-    if stats.interrupted:
-        return EXIT_INTERRUPTED
-    return EXIT_OK if stats.failed == 0 else EXIT_FAILED

@@ -4,7 +4,7 @@ Firing times come from croniter, computed in the schedule's time zone so that
 ``0 9 * * *`` stays at 09:00 local across daylight-saving changes. Waiting reads an
 injectable clock in short steps: tests drive time, and a wall clock that jumps (NTP,
 a suspended laptop) is followed. Each firing re-reads the job file and runs, through
-``run_campaign``, the jobs not yet ok in the results file, so a recurring campaign
+``launch_campaign``, the jobs not yet ok in the results file, so a recurring campaign
 sends only what is new. Firings never overlap: one due while the previous one still
 runs is skipped and logged.
 """
@@ -14,9 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import signal
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TextIO
@@ -26,11 +25,18 @@ from croniter import croniter
 from rich.console import Console
 
 from engine.campaign import Campaign, Schedule
-from engine.clock import Clock
+from engine.clock import Clock, iso_utc
 from engine.jobfile import JobFileError
-from engine.report import EXIT_INTERRUPTED, EXIT_USAGE, Countdown, iso_utc, run_and_report
+from engine.launch import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    InsecureTransportError,
+    LaunchOptions,
+    launch_and_report,
+)
+from engine.report import Countdown
 from engine.results import ResultLog, ResultsFileError
-from engine.run import InsecureTransportError, RunOptions
+from engine.signals import StopSignals
 
 #: A firing missed by less than this still runs: system cron or a systemd timer starts
 #: ``schedule --once`` a moment after the minute it fires at.
@@ -71,33 +77,9 @@ async def wait_until(
     return not stopped.is_set()
 
 
-class _Signals:
-    """SIGINT and SIGTERM set ``stopped`` while no run is going. During a run,
-    ``run_campaign`` handles them itself (stop, then abort) and removes its handlers
-    when done: ``install`` puts these back."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.stopped = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-
-    def install(self) -> None:
-        for sig in self.SIGNALS:
-            self._loop.add_signal_handler(sig, self.stopped.set)
-
-    def __enter__(self) -> _Signals:
-        self.install()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig in self.SIGNALS:
-            self._loop.remove_signal_handler(sig)
-
-
-async def run_at(
+async def start_at(
     campaign: Campaign,
-    options: RunOptions,
+    options: LaunchOptions,
     console: Console,
     start: datetime | None,
     *,
@@ -108,15 +90,26 @@ async def run_at(
     but the summary."""
     stream = stream or sys.stderr
     clock = options.clock
-    if start is not None and start <= clock():
-        print(f"schedule.at {iso_utc(start)} has passed: starting now", file=stream, flush=True)
-    elif start is not None:
-        with _Signals() as signals:
+    with _signals_of(options) as options:
+        assert options.signals is not None
+        if start is not None and start <= clock():
+            print(f"schedule.at {iso_utc(start)} has passed: starting now", file=stream, flush=True)
+        elif start is not None:
             countdown = Countdown(start, "starting", stream)
-            if not await wait_until(start, clock, signals.stopped, countdown):
+            if not await wait_until(start, clock, options.signals.stopped(), countdown):
                 print("interrupted while waiting: nothing sent", file=stream, flush=True)
                 return EXIT_INTERRUPTED
-    return await run_and_report(campaign, options, console, stream)
+        return await launch_and_report(campaign, options, console, stream)
+
+
+@contextlib.contextmanager
+def _signals_of(options: LaunchOptions) -> Iterator[LaunchOptions]:
+    """``options`` with stop signals: the command's own, or installed here until the end."""
+    if options.signals is not None:
+        yield options
+        return
+    with StopSignals() as signals:
+        yield dataclasses.replace(options, signals=signals)
 
 
 class Scheduler:
@@ -126,7 +119,7 @@ class Scheduler:
         self,
         load: Loader,
         first: Campaign,
-        options: RunOptions,
+        options: LaunchOptions,
         console: Console,
         *,
         stream: TextIO | None = None,
@@ -145,16 +138,18 @@ class Scheduler:
     async def run(self, *, once: bool = False) -> int:
         """Fire until SIGINT or SIGTERM, or after one firing when ``once``. The exit code:
         the last firing's, or 130 when stopped."""
-        with _Signals() as signals:
+        with _signals_of(self.options) as options:
+            self.options = options
+            assert options.signals is not None
+            stopped = options.signals.stopped()
             due = next_firing(self.schedule, self.clock() - MISFIRE_GRACE)
             while True:
                 countdown = Countdown(due, "next firing", self.stream)
-                if not await wait_until(due, self.clock, signals.stopped, countdown):
+                if not await wait_until(due, self.clock, stopped, countdown):
                     self._log("stopped while waiting for the next firing: nothing sent")
                     return EXIT_INTERRUPTED
                 code = await self._fire(due)
-                signals.install()
-                if code == EXIT_INTERRUPTED or signals.stopped.is_set():
+                if code == EXIT_INTERRUPTED or options.signals.requested:
                     self._log(f"stopped during the firing at {iso_utc(due)}")
                     return EXIT_INTERRUPTED
                 if once:
@@ -190,7 +185,7 @@ class Scheduler:
         self.console.print(f"firing {when}", markup=False, highlight=False)
         try:
             campaign = dataclasses.replace(campaign, jobs=jobs)
-            return await run_and_report(campaign, self.options, self.console, self.stream)
+            return await launch_and_report(campaign, self.options, self.console, self.stream)
         except ResultsFileError as exc:
             self._log(f"firing {when} skipped: {exc}; nothing sent")
             return EXIT_USAGE

@@ -28,10 +28,9 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.profiles import V1, V4, ApiProfile
+from engine.profiles import TIME_PATH, V1, V4, ApiProfile
 from engine.signing import ALGORITHM, sign, signature_payload
 
-TIME_PATH = "/v4/public/time"
 SUCCESS = "SUCCESS"
 #: The ``mc`` for a refused parameter, missing field, unknown field or non-JSON request body.
 INVALID_PARAMETER = "COMMON_001"

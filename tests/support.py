@@ -11,10 +11,10 @@ from typing import Any
 
 from engine.campaign import Account, Campaign, FollowJob, FollowValue, Settings
 from engine.client import XtClient
-from engine.collector import Collector, RunStats
+from engine.collector import CampaignStats, Collector
+from engine.pool import WorkerPool
 from engine.profiles import V4
 from engine.results import JobResult, ResultLog
-from engine.runner import Runner
 from engine.simulator import Simulator
 
 BASE_LEADER = 7302994413592166401
@@ -53,7 +53,7 @@ def make_campaign(jobs_per_account: Mapping[str, int], tmp_path: Path, **setting
 
 @dataclass
 class Outcome:
-    stats: RunStats
+    stats: CampaignStats
     results: dict[str, JobResult] = field(default_factory=dict)
 
 
@@ -67,21 +67,21 @@ async def run_against(
     campaign: Campaign,
     *,
     results: Path | None = None,
-    on_runner: Callable[[Runner], None] | None = None,
+    on_runner: Callable[[WorkerPool], None] | None = None,
 ) -> Outcome:
     """Run the jobs of ``campaign`` not yet ok in ``results`` against the started ``sim``."""
     assert sim.base_url is not None
     log = ResultLog(results or campaign.path.with_suffix(".results.jsonl"))
     done = log.open().ok_jobs()
-    outcome = Outcome(RunStats())
+    outcome = Outcome(CampaignStats())
     collector = Collector(log, on_result=lambda r: outcome.results.__setitem__(r.job, r))
     settings = campaign.settings
     try:
         async with XtClient(sim.base_url, settings.api, timeout=settings.timeout) as client:
-            runner = Runner(campaign, client, collector, rng=random.Random(7))
+            runner = WorkerPool(campaign, client, collector, rng=random.Random(7))
             if on_runner is not None:
                 on_runner(runner)
-            outcome.stats = await runner.run(j for j in campaign.jobs if j.id not in done)
+            outcome.stats = await runner.process(j for j in campaign.jobs if j.id not in done)
     finally:
         log.close()
     return outcome

@@ -14,8 +14,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.run import MAX_LINE_WARNINGS
-from engine.simulator import TIME_PATH, SimConfig, Simulator
+from engine.launch import MAX_LINE_WARNINGS
+from engine.profiles import TIME_PATH
+from engine.simulator import SimConfig, Simulator
 from tests.procs import (
     Finished,
     accounts_table,

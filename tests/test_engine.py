@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.launch import LaunchOptions, launch_campaign
+from engine.pool import WorkerPool
 from engine.profiles import V1
-from engine.run import RunOptions, run_campaign
-from engine.runner import Runner
 from engine.simulator import SimConfig, Simulator
 from tests.support import BASE_LEADER, accounts_of, make_campaign, run_against
 
@@ -194,7 +194,7 @@ async def test_resume_skips_jobs_already_ok(tmp_path: Path) -> None:
 
 async def test_stop_lets_requests_in_flight_finish_and_records_them(tmp_path: Path) -> None:
     campaign = make_campaign({"alice": 30}, tmp_path)
-    runners: list[Runner] = []
+    runners: list[WorkerPool] = []
     async with Simulator(accounts_of(campaign), SimConfig(latency=0.2)) as sim:
         run = asyncio.create_task(run_against(sim, campaign, on_runner=runners.append))
         await sim.wait_for_arrivals(10)
@@ -209,7 +209,7 @@ async def test_stop_lets_requests_in_flight_finish_and_records_them(tmp_path: Pa
 
 async def test_abort_records_requests_in_flight_as_ambiguous(tmp_path: Path) -> None:
     campaign = make_campaign({"alice": 30}, tmp_path)
-    runners: list[Runner] = []
+    runners: list[WorkerPool] = []
     async with Simulator(accounts_of(campaign), SimConfig(latency=5)) as sim:
         run = asyncio.create_task(run_against(sim, campaign, on_runner=runners.append))
         await sim.wait_for_arrivals(10)
@@ -228,7 +228,7 @@ async def test_the_simulated_exchange_keeps_the_limit_of_the_campaigns_api(
     scheduled file may change API between firings): told 10/s, a v1 campaign still meets
     v1's 2/s per IP, and its 429s are retried."""
     campaign = make_campaign({"alice": 2, "bob": 2}, tmp_path, api=V1, rate_limit=10)
-    options = RunOptions(results=tmp_path / "r.jsonl", simulate=SimConfig())
-    stats = await run_campaign(campaign, options)
+    options = LaunchOptions(results=tmp_path / "r.jsonl", simulate=SimConfig())
+    stats = await launch_campaign(campaign, options)
     assert (stats.ok, stats.failed) == (4, 0)
     assert stats.retries >= 2  # four at once, two refused by a limit of 2 per IP

@@ -19,9 +19,10 @@ import pytest
 from engine import policy
 from engine.client import XtClient
 from engine.collector import Collector
+from engine.launch import LaunchOptions, launch_campaign
+from engine.pool import WorkerPool
+from engine.profiles import TIME_PATH
 from engine.results import JobResult, ResultLog, ResultsFileError
-from engine.run import RunOptions, run_campaign
-from engine.runner import Runner
 from engine.simulator import (
     AUTH_105,
     DROP_AFTER,
@@ -32,7 +33,6 @@ from engine.simulator import (
     HTTP503,
     NON_JSON,
     SLOW,
-    TIME_PATH,
     SimConfig,
     Simulator,
 )
@@ -188,7 +188,7 @@ async def test_too_little_free_disk_refuses_before_the_first_request(
     async with Simulator(support.accounts_of(campaign), SimConfig()) as sim:
         campaign = dataclasses.replace(campaign, base_url=sim.base_url or "")
         with pytest.raises(ResultsFileError, match="bytes free; not starting"):
-            await run_campaign(campaign, RunOptions(results=tmp_path / "r.jsonl"))
+            await launch_campaign(campaign, LaunchOptions(results=tmp_path / "r.jsonl"))
     assert sim.arrivals == []
 
 
@@ -256,8 +256,8 @@ async def test_a_write_failure_stops_dispatching(tmp_path: Path) -> None:
         Simulator(support.accounts_of(campaign), SimConfig(latency=0.01)) as sim,
         XtClient(sim.base_url or "", campaign.settings.api) as client,
     ):
-        runner = Runner(campaign, client, collector, rng=random.Random(1))
-        stats = await asyncio.wait_for(runner.run(campaign.jobs), 20)
+        runner = WorkerPool(campaign, client, collector, rng=random.Random(1))
+        stats = await asyncio.wait_for(runner.process(campaign.jobs), 20)
     log.close()
     assert stats.write_error is not None
     # Sent: the three on record, the one whose line failed, and what was in flight then.

@@ -27,10 +27,10 @@ from engine.cli import main
 from engine.client import XtClient
 from engine.collector import Collector
 from engine.jobfile import MAX_FILE_BYTES, JobFileError, load
+from engine.launch import MAX_LINE_WARNINGS, LaunchOptions, launch_campaign
+from engine.pool import WorkerPool
 from engine.profiles import V4
 from engine.results import JobResult, ResultLog
-from engine.run import MAX_LINE_WARNINGS, RunOptions, run_campaign
-from engine.runner import Runner
 from engine.simulator import SimConfig, Simulator
 from tests import support
 from tests.procs import Finished, accounts_table, engine_env, job_file, run_engine
@@ -538,7 +538,7 @@ async def _serve(handler: Handler) -> tuple[web.AppRunner, str]:
 
 
 async def _follow_once(base_url: str, tmp_path: Path, **settings: Any) -> JobResult:
-    """One job through Runner, Collector and ResultLog; its result as the file has it."""
+    """One job through WorkerPool, Collector and ResultLog; its result as the file has it."""
     campaign = support.make_campaign({"alice": 1}, tmp_path, max_attempts=2, **settings)
     results = tmp_path / "r.jsonl"
     log = ResultLog(results)
@@ -546,8 +546,8 @@ async def _follow_once(base_url: str, tmp_path: Path, **settings: Any) -> JobRes
     collector = Collector(log)
     try:
         async with XtClient(base_url, V4, timeout=campaign.settings.timeout) as client:
-            runner = Runner(campaign, client, collector, rng=random.Random(3))
-            await asyncio.wait_for(runner.run(campaign.jobs), 30)
+            runner = WorkerPool(campaign, client, collector, rng=random.Random(3))
+            await asyncio.wait_for(runner.process(campaign.jobs), 30)
     finally:
         log.close()
     lines = results.read_text().splitlines()
@@ -672,7 +672,7 @@ async def test_a_results_file_full_of_garbage_warns_in_a_few_lines(
     results.write_text("not a result\n" * 50)
     async with Simulator(support.accounts_of(campaign), SimConfig()) as sim:
         campaign = dataclasses.replace(campaign, base_url=sim.base_url or "")
-        stats = await run_campaign(campaign, RunOptions(results=results))
+        stats = await launch_campaign(campaign, LaunchOptions(results=results))
     assert stats.ok == 2
     err = capsys.readouterr().err
     assert err.count("skipped a line that is not a whole result") == MAX_LINE_WARNINGS

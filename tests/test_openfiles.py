@@ -11,9 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-import engine.run
+import engine.launch
 from engine.campaign import Settings
-from engine.run import SPARE_FILES, fit_open_files
+from engine.launch import SPARE_FILES, fit_open_files
 from engine.simulator import SimConfig, Simulator
 from tests.procs import accounts_table, engine_env, job_file, last_lines, run_engine
 
@@ -43,7 +43,7 @@ class FakeLimits(SimpleNamespace):
 def limits(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeLimits]:
     def install(soft: int, hard: int, ceiling: int | None = None) -> FakeLimits:
         fake = FakeLimits(soft, hard, ceiling)
-        monkeypatch.setattr(engine.run, "resource", fake)
+        monkeypatch.setattr(engine.launch, "resource", fake)
         return fake
 
     return install

@@ -4,7 +4,7 @@ Time is driven, not waited for: under ``@pytest.mark.looptime`` the event loop's
 jumps to the next timer, and the scheduler reads a clock that follows it from a fixed
 start. Each test proves what was sent by what the simulator on loopback saw arrive.
 
-The runner reads the same clock (``RunOptions.clock``) for ``not_before`` and for the
+The runner reads the same clock (``LaunchOptions.clock``) for ``not_before`` and for the
 ``finished_at`` it records.
 """
 
@@ -28,9 +28,9 @@ from engine import jobfile
 from engine.campaign import Schedule
 from engine.cli import main
 from engine.clock import Clock
+from engine.launch import LaunchOptions
 from engine.results import ResultLog
-from engine.run import RunOptions
-from engine.schedule import Scheduler, next_firing, run_at
+from engine.schedule import Scheduler, next_firing, start_at
 from engine.simulator import SimConfig, Simulator
 from tests.procs import last_lines, start_piped
 
@@ -113,7 +113,7 @@ class ScheduleRun:
         self.scheduler = Scheduler(
             lambda: jobfile.load(path),
             jobfile.load(path),
-            RunOptions(results=self.results, clock=clock),
+            LaunchOptions(results=self.results, clock=clock),
             Console(file=self.out, width=200),
             stream=self.err,
         )
@@ -165,9 +165,9 @@ async def test_at_in_the_near_future_sends_nothing_before_it(tmp_path: Path) -> 
         campaign = jobfile.load(path)
         assert campaign.schedule is not None and campaign.schedule.at == start
         err = io.StringIO()
-        options = RunOptions(results=tmp_path / "r.jsonl", clock=clock)
+        options = LaunchOptions(results=tmp_path / "r.jsonl", clock=clock)
         console = Console(file=io.StringIO())
-        run = asyncio.create_task(run_at(campaign, options, console, start, stream=err))
+        run = asyncio.create_task(start_at(campaign, options, console, start, stream=err))
         await sleep_until(clock, start - timedelta(seconds=1))
         assert sim.arrivals == []
         assert f"starting at {iso(start)}, in 1m 30s" in err.getvalue()
@@ -184,10 +184,10 @@ async def test_not_before_jobs_stay_back_while_others_go(tmp_path: Path) -> None
         path = write_jobs(
             tmp_path / "jobs.yaml", sim.base_url or "", "", range(4), {1: hold, 3: hold}
         )
-        options = RunOptions(results=tmp_path / "r.jsonl", clock=clock)
+        options = LaunchOptions(results=tmp_path / "r.jsonl", clock=clock)
         console = Console(file=io.StringIO())
         run = asyncio.create_task(
-            run_at(jobfile.load(path), options, console, None, stream=io.StringIO())
+            start_at(jobfile.load(path), options, console, None, stream=io.StringIO())
         )
         await sleep_until(clock, hold - timedelta(seconds=1))
         assert sorted(followed(sim)) == [0, 2]

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from engine.cli import main
 from engine.client import NotSentError, XtClient
+from engine.launch import InsecureTransportError, check_transport
 from engine.profiles import V4
-from engine.run import InsecureTransportError, check_transport
 from engine.signing import SIGNATURE_HEADER, sign, signature_payload
 from engine.simulator import SimConfig, Simulator
 from tests.procs import (

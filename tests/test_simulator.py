@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from engine.profiles import V1, V4
+from engine.profiles import TIME_PATH, V1, V4
 from engine.signing import sign, signature_payload, signed_headers
 from engine.simulator import (
     AUTH_105,
@@ -26,7 +26,6 @@ from engine.simulator import (
     INVALID_PARAMETER,
     NON_JSON,
     SLOW,
-    TIME_PATH,
     Arrival,
     SimConfig,
     Simulator,

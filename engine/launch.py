@@ -1,30 +1,37 @@
-"""One campaign run from start to end: results file, simulator, client, runner, signals.
+"""Launching one campaign, start to end: results file, simulator, client, worker pool,
+signals, and the exit code a person or a script gets.
 
-The CLI and the scheduler both run campaigns through ``run_campaign``; nothing
-here prints except the stop notice a person needs when pressing Ctrl-C.
+The CLI and the scheduler both run campaigns through ``launch_campaign`` (or
+``launch_and_report``, which adds progress, summary and exit code); nothing else here
+prints except the stop notice a person needs when pressing Ctrl-C.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import resource
-import signal
 import sys
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TextIO
 
+from rich.console import Console
 from yarl import URL
 
 from engine.campaign import Campaign
 from engine.client import PreparedRequest, XtClient
 from engine.clock import Clock, wall_clock
-from engine.collector import Collector, RunStats
+from engine.collector import CampaignStats, Collector
+from engine.pool import WorkerPool
+from engine.report import ProgressDisplay, print_summary
 from engine.results import JobResult, ResultLog
-from engine.runner import Runner
+from engine.signals import StopSignals
 from engine.simulator import SimConfig, Simulator
+
+#: Exit codes: every job ok; some job failed; invalid input or usage (nothing sent); stopped.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 #: Skipped lines of the results file named one by one; a file full of them gets a count.
 MAX_LINE_WARNINGS = 20
@@ -38,16 +45,19 @@ class InsecureTransportError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class RunOptions:
+class LaunchOptions:
     results: Path
     fresh: bool = False
     #: Run against a built-in simulator on loopback, configured so; the limit it enforces
     #: is always that of the campaign's API (read afresh at each firing of a schedule).
     simulate: SimConfig | None = None
     on_result: Callable[[JobResult], None] | None = None
-    on_start: Callable[[RunStats], None] | None = None
+    on_start: Callable[[CampaignStats], None] | None = None
     #: What time it is: for ``schedule.at``, cron firings, ``not_before`` and ``finished_at``.
     clock: Clock = wall_clock
+    #: The command's stop signals, installed before it loaded anything; None: the run
+    #: installs its own for its duration.
+    signals: StopSignals | None = None
 
 
 def default_results_path(jobs_file: Path) -> Path:
@@ -124,7 +134,7 @@ def fit_open_files(concurrency: int, per_request: int = 1) -> tuple[int, str | N
     )
 
 
-async def run_campaign(campaign: Campaign, options: RunOptions) -> RunStats:
+async def launch_campaign(campaign: Campaign, options: LaunchOptions) -> CampaignStats:
     """Run every job not already ok in the results file. Raises ``ResultsFileError``
     before sending anything when the results file cannot be used."""
     log = ResultLog(options.results)
@@ -147,7 +157,8 @@ async def run_campaign(campaign: Campaign, options: RunOptions) -> RunStats:
         collector.stats.skipped = len(campaign.jobs) - len(jobs)
         async with AsyncExitStack() as stack:
             # Entered first so that it is left last: no moment of the run without a handler.
-            signals = stack.enter_context(_StopOnSignals(collector.stats))
+            signals = options.signals or stack.enter_context(StopSignals())
+            stack.callback(signals.attach, None)
             base_url = campaign.base_url
             if options.simulate is not None:
                 api = campaign.settings.api
@@ -165,60 +176,57 @@ async def run_campaign(campaign: Campaign, options: RunOptions) -> RunStats:
                 recv_window_ms=settings.recv_window_ms,
             )
             stack.push_async_callback(client.close)
-            runner = Runner(campaign, client, collector, clock=options.clock)
-            signals.attach(runner)
+            pool = WorkerPool(
+                campaign, client, collector, clock=options.clock, halted=lambda: signals.requested
+            )
+            signals.attach(pool)
             if options.on_start is not None:
                 options.on_start(collector.stats)
-            return await runner.run(jobs)
+            stats = await pool.process(jobs)
+            stats.interrupted = signals.requested
+            return stats
     finally:
         log.close()
 
 
-class _StopOnSignals:
-    """First SIGINT/SIGTERM: stop dispatching, let requests in flight finish.
-    Second: stop at once. Either way every recorded line stays recorded. A signal
-    that comes before the runner exists stops it as soon as it does."""
+async def launch_and_report(
+    campaign: Campaign, options: LaunchOptions, console: Console, stream: TextIO
+) -> int:
+    """One run as a person sees it, for ``run`` and for each firing of ``schedule``: progress
+    on ``stream``, the summary on ``console``; the exit code. Raises ``ResultsFileError``, as
+    ``launch_campaign`` does, before anything is sent."""
+    display: ProgressDisplay | None = None
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, stats: RunStats) -> None:
-        self.stats = stats
-        self.runner: Runner | None = None
-        self.aborting = False
-        self.loop = asyncio.get_running_loop()
-
-    def __enter__(self) -> _StopOnSignals:
-        for sig in self.SIGNALS:
-            self.loop.add_signal_handler(sig, self._on_signal)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig in self.SIGNALS:
-            self.loop.remove_signal_handler(sig)
-
-    def attach(self, runner: Runner) -> None:
-        self.runner = runner
-        if self.stats.interrupted:
-            self._stop()
-
-    def _on_signal(self) -> None:
-        if self.stats.interrupted:
-            print("stopping now", file=sys.stderr, flush=True)
-            self.aborting = True
-        else:
-            self.stats.interrupted = True
+    def on_start(stats: CampaignStats) -> None:
+        nonlocal display
+        if stats.skipped:
             print(
-                "stopping: no new requests; requests in flight get a few seconds to finish "
-                "(interrupt again to stop at once)",
-                file=sys.stderr,
+                f"skipping {stats.skipped} jobs already ok in {options.results}",
+                file=stream,
                 flush=True,
             )
-        self._stop()
+        display = ProgressDisplay(stats, stream)
+        display.start()
 
-    def _stop(self) -> None:
-        if self.runner is None:
-            return
-        if self.aborting:
-            self.runner.abort()
-        else:
-            self.runner.stop()
+    def on_result(result: JobResult) -> None:
+        if display is not None:
+            display.on_result(result)
+
+    options = replace(options, on_start=on_start, on_result=on_result)
+    try:
+        stats = await launch_campaign(campaign, options)
+    finally:
+        if display is not None:
+            display.close()
+    print_summary(stats, campaign.settings.rate_limit, console)
+    console.print(f"results: {options.results}", markup=False, highlight=False, soft_wrap=True)
+    if stats.write_error:
+        print(
+            f"error: {stats.write_error}; stopped sending. Unrecorded results follow:", file=stream
+        )
+        for result in stats.unrecorded:
+            print(result.to_json(), file=stream)
+        return EXIT_FAILED
+    if stats.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if stats.failed == 0 else EXIT_FAILED

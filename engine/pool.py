@@ -15,16 +15,15 @@ import contextlib
 import gc
 import random
 import time
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 
 from engine.campaign import Account, Campaign, FollowJob
 from engine.client import Answer, NotSentError, TransportError, XtClient
-from engine.clock import Clock, wall_clock
-from engine.collector import Collector, KeyStats, RunStats
+from engine.clock import Clock, iso_utc, wall_clock
+from engine.collector import CampaignStats, Collector, KeyStats
 from engine.limiter import KeyLimiter
 from engine.policy import Decision, Verdict, backoff, judge
 from engine.results import JobResult
@@ -38,7 +37,7 @@ GC_YOUNG_THRESHOLD = 10_000
 
 
 @dataclass(slots=True, eq=False)
-class _Run:
+class _JobProgress:
     """One job's progress through its attempts."""
 
     job: FollowJob
@@ -58,16 +57,12 @@ class _Key:
     """One limiter's share of the campaign."""
 
     limiter: KeyLimiter
-    queue: asyncio.Queue[_Run | None]
+    queue: asyncio.Queue[_JobProgress | None]
     stats: KeyStats
     pending: int = 0
 
 
-def iso_millis(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class Runner:
+class WorkerPool:
     def __init__(
         self,
         campaign: Campaign,
@@ -77,17 +72,21 @@ class Runner:
         rng: random.Random | None = None,
         grace: float = GRACE_SECONDS,
         clock: Clock = wall_clock,
+        halted: Callable[[], bool] = lambda: False,
     ) -> None:
+        """``halted`` says, synchronously, that a stop was asked for (a signal handler may
+        have seen it before the loop did): no request starts once it is true."""
         self.campaign = campaign
         self.settings = campaign.settings
         self.client = client
         self.collector = collector
         self.grace = grace
         self.clock = clock
+        self._halted = halted
         self._rng = rng or random.Random()
         self._slots = asyncio.Semaphore(self.settings.concurrency)
         self._keys: dict[str, _Key] = {}
-        self._open: dict[str, _Run] = {}
+        self._open: dict[str, _JobProgress] = {}
         self._disabled: dict[str, str] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
         self._dispatchers: list[asyncio.Task[None]] = []
@@ -96,15 +95,15 @@ class Runner:
         self._last_clock_sync = -CLOCK_SYNC_INTERVAL
 
     @property
-    def stats(self) -> RunStats:
+    def stats(self) -> CampaignStats:
         return self.collector.stats
 
-    async def run(self, jobs: Iterable[FollowJob]) -> RunStats:
+    async def process(self, jobs: Iterable[FollowJob]) -> CampaignStats:
         """Run ``jobs`` until each is finished or the run is stopped."""
         for job in jobs:
             key = self._key_for(self.campaign.accounts[job.account])
             key.pending += 1
-            key.queue.put_nowait(_Run(job, self.campaign.accounts[job.account]))
+            key.queue.put_nowait(_JobProgress(job, self.campaign.accounts[job.account]))
             self.stats.total += 1
         self._dispatchers = [asyncio.create_task(self._dispatch(k)) for k in self._keys.values()]
         with _collector_tuned():
@@ -152,7 +151,7 @@ class Runner:
                 self._slots.release()
                 raise
             # The account may have been rejected, or the run stopped, while this one waited.
-            if self._stopping.is_set() or self._drop_if_disabled(key, run):
+            if self._stopping.is_set() or self._halted() or self._drop_if_disabled(key, run):
                 key.limiter.release(lane)
                 self._slots.release()
                 continue
@@ -162,14 +161,14 @@ class Runner:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
-    def _drop_if_disabled(self, key: _Key, run: _Run) -> bool:
+    def _drop_if_disabled(self, key: _Key, run: _JobProgress) -> bool:
         """Fail ``run`` unsent if its account was rejected; True if so."""
         reason = self._disabled.get(run.account.name)
         if reason is not None:
             self._finish(key, run, Decision(Verdict.FAIL, reason))
         return reason is not None
 
-    async def _attempt(self, key: _Key, run: _Run, lane: int) -> None:
+    async def _attempt(self, key: _Key, run: _JobProgress, lane: int) -> None:
         loop = asyncio.get_running_loop()
         run.attempts += 1
         self._open[run.job.id] = run
@@ -221,7 +220,7 @@ class Runner:
         with contextlib.suppress(Exception):
             await self.client.sync_clock()
 
-    def _finish(self, key: _Key, run: _Run, decision: Decision) -> None:
+    def _finish(self, key: _Key, run: _JobProgress, decision: Decision) -> None:
         self._open.pop(run.job.id, None)
         envelope = run.answer.envelope if run.answer is not None else None
         result = JobResult(
@@ -236,7 +235,7 @@ class Runner:
             attempts=run.attempts,
             error=decision.error,
             latency_ms=round(run.latency * 1000, 1) if run.latency is not None else None,
-            finished_at=iso_millis(self.clock()),
+            finished_at=iso_utc(self.clock(), "milliseconds"),
             ambiguous=run.ambiguous,
             sent=run.sent,
         )
