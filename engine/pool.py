@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from engine.campaign import Account, Campaign, FollowJob
@@ -48,6 +48,8 @@ class _JobProgress:
     in_flight: bool = False
     skewed: bool = False
     latency: float | None = None
+    #: When each attempt's request left (ISO 8601 UTC, ms), for the campaign's picture.
+    sent_at: list[str] = field(default_factory=list)
     answer: Answer | None = None
     decision: Decision | None = None
 
@@ -175,8 +177,9 @@ class WorkerPool:
         started = loop.time()
         account = run.account
         try:
+            on_sent = partial(self._left, key, run, lane)
             outcome: Answer | TransportError = await self.client.follow(
-                account.api_key, account.secret_key, run.job.params, partial(key.limiter.sent, lane)
+                account.api_key, account.secret_key, run.job.params, on_sent
             )
         except TransportError as exc:
             outcome = exc
@@ -211,6 +214,11 @@ class WorkerPool:
             )
         self._finish(key, run, decision)
 
+    def _left(self, key: _Key, run: _JobProgress, lane: int) -> None:
+        """``run``'s request is leaving now: its lane counts from here."""
+        run.sent_at.append(iso_utc(self.clock(), "milliseconds"))
+        key.limiter.sent(lane)
+
     async def _sync_clock(self) -> None:
         loop = asyncio.get_running_loop()
         if loop.time() - self._last_clock_sync < CLOCK_SYNC_INTERVAL:
@@ -238,6 +246,7 @@ class WorkerPool:
             finished_at=iso_utc(self.clock(), "milliseconds"),
             ambiguous=run.ambiguous,
             sent=run.sent,
+            sent_at=tuple(run.sent_at),
         )
         key.pending -= 1
         if key.pending == 0:

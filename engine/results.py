@@ -48,6 +48,8 @@ class JobResult:
     ambiguous: bool = False
     #: Whether any attempt left this machine.
     sent: bool = True
+    #: When each attempt that left did so (ISO 8601 UTC, ms): what the campaign's picture plots.
+    sent_at: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         # Not dataclasses.asdict: its deep copy is most of a line's cost, and fields are flat.
