@@ -64,7 +64,9 @@ EVERY_FAULT = (
     "COPY_TRADE_SPOT_000",
 )
 #: The request may have been acted on, and no answer says whether.
-AMBIGUOUS_FAULTS = {DROP_BEFORE, DROP_AFTER, NON_JSON, SLOW}
+#: Faults after which the client cannot know the exchange did not act: no answer, an
+#: unreadable one, or a 5xx (which may come after the origin acted).
+AMBIGUOUS_FAULTS = {DROP_BEFORE, DROP_AFTER, NON_JSON, SLOW, HTTP500, HTTP502, HTTP503}
 
 
 async def test_every_fault_at_once_each_job_ends_right_and_the_limit_holds(

@@ -299,8 +299,8 @@ def test_a_secret_quoted_back_in_a_message_is_blotted_out(tmp_path: Path) -> Non
         load(path, env=ENV)
     message = str(caught.value)
     assert SECRET not in message
-    assert "symbols: '<secret>': not a lower-case base_quote pair" in message
-    assert "job <secret> (jobs[0])" in message
+    assert "symbols: holds the secret key of account alice" in message
+    assert "job <secret> (jobs[0]): id: holds the secret key of account alice" in message
 
 
 # --- The CLI on hostile job files: exit 2, a clear message, nothing sent --------------------
@@ -363,7 +363,7 @@ HOSTILE = [
                 "symbols: xt_usdt,btc_usdt", "symbols: ${XT_ALICE_SECRET_KEY}"
             ),
         ),
-        "not a lower-case base_quote pair",
+        "defaults.symbols: holds the secret key of account alice",
     ),
 ]
 
