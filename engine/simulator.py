@@ -7,7 +7,9 @@ seed so that a failing run can be replayed.
 
 Answers follow ``xt-api-notes.md``: HTTP 200 with ``{"rc","mc","ma","result"}``, except 429/5xx.
 A refused parameter is answered ``rc 1`` with ``INVALID_PARAMETER`` and the field's name in ``ma``:
-XT documents no code for it.
+XT documents no code for it, so this is an assumption (``FAILURE``, its generic "fail").
+Signatures are checked by code of the simulator's own, never the client's: a mistake the two
+shared would otherwise pass every test.
 """
 
 from __future__ import annotations
@@ -29,11 +31,10 @@ from typing import Any
 from aiohttp import web
 
 from engine.profiles import TIME_PATH, V1, V4, ApiProfile
-from engine.signing import ALGORITHM, sign, signature_payload
 
 SUCCESS = "SUCCESS"
 #: The ``mc`` for a refused parameter, missing field, unknown field or non-JSON request body.
-INVALID_PARAMETER = "COMMON_001"
+INVALID_PARAMETER = "FAILURE"
 #: A client clock this far ahead of the server's is refused (XT's documentation: 1 s).
 MAX_AHEAD_MS = 1000
 
@@ -182,6 +183,24 @@ def _bad_field(data: Any, leader_field: str) -> str | None:
         if rule is None or not rule(value):
             return name
     return next((name for name in (leader_field, *_REQUIRED) if name not in data), None)
+
+
+def _signature(secret: str, request: web.Request, prefix: str, body: str | None) -> str:
+    """XT's signature of ``request`` as the exchange would compute it from what arrived: the
+    validate headers received (all but the signature), by name, ``name=value`` joined by
+    ``&``; then ``#METHOD#PATH``, and ``#`` with the body, or with the query by key."""
+    received = sorted(
+        (name.lower(), value)
+        for name, value in request.headers.items()
+        if name.lower().startswith(prefix) and name.lower() != prefix + "signature"
+    )
+    text = "&".join(f"{name}={value}" for name, value in received)
+    text += f"#{request.method}#{request.path}"
+    if body is not None:
+        text += f"#{body}"
+    elif request.query:
+        text += "#" + "&".join(f"{k}={v}" for k, v in sorted(request.query.items()))
+    return hmac.new(secret.encode(), text.encode(), "sha256").hexdigest()
 
 
 def max_in_window(times: Sequence[float], window: float) -> int:
@@ -363,7 +382,7 @@ class Simulator:
             (window_text is None, "AUTH_003"),
             (not window, "AUTH_004"),
             (algorithm is None, "AUTH_005"),
-            (algorithm != ALGORITHM, "AUTH_006"),
+            (algorithm != "HmacSHA256", "AUTH_006"),
             (not signature, "AUTH_007"),
         ):
             if failed:
@@ -372,8 +391,7 @@ class Simulator:
             secret = self.accounts.get(key)
             if secret is None:
                 return "AUTH_101", ()
-            signed = {prefix + name: found[name] for name in _VALIDATE if name != "signature"}
-            expected = sign(secret, signature_payload(signed, request.method, profile.path, body))
+            expected = _signature(secret, request, prefix, body)
             given = signature.lower().encode("utf-8", "replace")
             if not hmac.compare_digest(expected.encode(), given):
                 return "AUTH_103", ()
