@@ -22,8 +22,8 @@ import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 
 from engine.campaign import FollowValue
-from engine.profiles import TIME_PATH, ApiProfile
-from engine.signing import HEADER_PREFIXES, signed_headers
+from engine.profiles import CANCEL_FOLLOW_PATH, TIME_PATH, ApiProfile
+from engine.signing import HEADER_PREFIXES, query_string, signed_headers
 
 _EXCERPT = 200
 #: An envelope is a few hundred bytes; a body past this is not one, and is not read further.
@@ -176,20 +176,46 @@ class XtClient:
         self, api_key: str, secret_key: str, params: Mapping[str, FollowValue]
     ) -> PreparedRequest:
         """The follow request, signed now. The signed body is the body sent."""
-        path = self.profile.path
-        body = encode_body(params)
+        return self._signed(api_key, secret_key, "POST", self.profile.path, body=params)
+
+    def prepare_cancel(self, api_key: str, secret_key: str, leader_id: int) -> PreparedRequest:
+        """Stop following ``leader_id``: POST with the leader in the query, as XT's Java SDK
+        sends it (``cancel-follow``, a v1 endpoint)."""
+        query = {self.profile.leader_field: leader_id}
+        return self._signed(api_key, secret_key, "POST", CANCEL_FOLLOW_PATH, query=query)
+
+    def prepare_read(
+        self, api_key: str, secret_key: str, path: str, query: Mapping[str, object] | None = None
+    ) -> PreparedRequest:
+        """A signed GET, its query signed sorted by key (``#GET#path#query``)."""
+        return self._signed(api_key, secret_key, "GET", path, query=query)
+
+    def _signed(
+        self,
+        api_key: str,
+        secret_key: str,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, object] | None = None,
+        body: Mapping[str, FollowValue] | None = None,
+    ) -> PreparedRequest:
+        """A request signed now: the body or the query signed is the one sent."""
+        text = encode_body(body) if body is not None else ""
+        target = query_string(query) if query else ""
         headers = signed_headers(
             api_key,
             secret_key,
-            "POST",
+            method,
             path,
-            body,
+            text if body is not None else target or None,
             self.timestamp_ms(),
             self.recv_window_ms,
             self.header_prefix,
         )
         headers["Content-Type"] = "application/json"
-        return PreparedRequest("POST", self.base_url + path, body, headers)
+        url = self.base_url + path + (f"?{target}" if target else "")
+        return PreparedRequest(method, url, text, headers)
 
     async def follow(
         self,
@@ -199,8 +225,14 @@ class XtClient:
         on_sent: Callable[[], None] | None = None,
     ) -> Answer:
         """Send one follow, signed afresh. Raises ``TransportError`` when no answer came.
-        ``on_sent`` is called as the body is written to the connection."""
-        request = self.prepare(api_key, secret_key, params)
+        ``on_sent`` is called as the request is written to the connection."""
+        return await self.send(self.prepare(api_key, secret_key, params), on_sent)
+
+    async def send(
+        self, request: PreparedRequest, on_sent: Callable[[], None] | None = None
+    ) -> Answer:
+        """Send a request prepared (signed) just now. Raises ``TransportError`` when no
+        answer came. ``on_sent`` is called as the request is written to the connection."""
         return await self._send(request, on_sent)
 
     async def server_time_ms(self) -> int:
@@ -224,9 +256,9 @@ class XtClient:
     async def _send(
         self, request: PreparedRequest, on_sent: Callable[[], None] | None = None
     ) -> Answer:
-        data: bytes | _SentBody | None = request.body.encode() if request.body else None
-        if data is not None and on_sent is not None:
-            data = _SentBody(data, on_sent)
+        body = request.body.encode()
+        # Also an empty body, for a GET: its write is how ``on_sent`` learns the request left.
+        data = _SentBody(body, on_sent) if on_sent is not None else body or None
         try:
             async with self.session.request(
                 request.method,
