@@ -38,6 +38,8 @@ class FollowJob:
     #: Line of the job in the job file, for messages.
     line: int = 0
     not_before: datetime | None = None
+    #: ``follow``, or ``unfollow``: stop following the leader (``params`` is then its id).
+    action: str = "follow"
 
 
 @dataclass(frozen=True, slots=True)

@@ -228,6 +228,16 @@ class XtClient:
         ``on_sent`` is called as the request is written to the connection."""
         return await self.send(self.prepare(api_key, secret_key, params), on_sent)
 
+    async def unfollow(
+        self,
+        api_key: str,
+        secret_key: str,
+        leader_id: int,
+        on_sent: Callable[[], None] | None = None,
+    ) -> Answer:
+        """Stop following ``leader_id``, signed afresh; as ``follow`` otherwise."""
+        return await self.send(self.prepare_cancel(api_key, secret_key, leader_id), on_sent)
+
     async def send(
         self, request: PreparedRequest, on_sent: Callable[[], None] | None = None
     ) -> Answer:

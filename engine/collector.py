@@ -84,6 +84,17 @@ class Collector:
         self.stats = CampaignStats()
         self._on_result = on_result
 
+    def intend(self, intent: JobResult) -> bool:
+        """Record that a job's first request is about to leave (status ``sending``), before
+        it does. False when it could not be written: the request must not leave."""
+        if self.stats.write_error is None:
+            try:
+                self.log.record(intent)
+                return True
+            except ResultsFileError as exc:
+                self.stats.write_error = str(exc)
+        return False
+
     def lost(self, reason: str) -> None:
         """The results file can take no more lines: keep the rest for stderr."""
         self.stats.write_error = self.stats.write_error or reason

@@ -179,7 +179,7 @@ def _follow_job(
     leader: int = getattr(job, profile.leader_field)
     params: dict[str, FollowValue] = {profile.leader_field: leader}
     own = job.model_fields_set
-    for name in FOLLOW_FIELDS:
+    for name in FOLLOW_FIELDS if job.action == "follow" else ():
         value = getattr(job if name in own else defaults, name)
         if value is not None:
             params[name] = ",".join(value) if name == "symbols" else value
@@ -190,6 +190,7 @@ def _follow_job(
         params=params,
         line=line,
         not_before=job.not_before,
+        action=job.action,
     )
 
 

@@ -325,6 +325,10 @@ class JobModel(FollowParamsModel):
     leaderOrderId: LeaderId | None = Field(None, description="Whom to follow under the v4 API.")
     leaderAccountId: LeaderId | None = Field(None, description="Whom to follow under the v1 API.")
     not_before: When | None = Field(None, description=f"Not sent before then: {WHEN}.")
+    action: Literal["follow", "unfollow"] = Field(
+        "follow",
+        description="follow (the default) or unfollow: stop following the leader (api v1).",
+    )
 
 
 class ScheduleModel(_Model):

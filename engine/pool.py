@@ -202,15 +202,27 @@ class WorkerPool:
             self._slots.release()
             job.in_flight = False
             return
+        if progress.attempts == 0 and not self.collector.intend(self._line(job, "sending")):
+            # Not even its intent could be recorded: it must not leave.
+            key.limiter.release(lane)
+            self._slots.release()
+            job.in_flight = False
+            self.stop()
+            return
         progress.attempts += 1
         job.left = False
         started = loop.time()
         outcome: Answer | Exception
         try:
             on_sent = partial(self._left, key, job, lane)
-            outcome = await self.client.follow(
-                account.api_key, account.secret_key, progress.job.params, on_sent
-            )
+            if progress.job.action == "unfollow":
+                outcome = await self.client.unfollow(
+                    account.api_key, account.secret_key, progress.job.leader_id, on_sent
+                )
+            else:
+                outcome = await self.client.follow(
+                    account.api_key, account.secret_key, progress.job.params, on_sent
+                )
         except Exception as exc:  # a TransportError, or anything: no job is ever left open
             outcome = exc
         finally:
@@ -274,16 +286,23 @@ class WorkerPool:
             await self.client.sync_clock()
 
     def _finish(self, key: _Key, job: _Job, decision: Decision) -> None:
+        self._open.pop(job.progress.job.id, None)
+        status = "ok" if decision.verdict is Verdict.OK else "failed"
+        result = self._line(job, status, decision.error)
+        self._source.finish(job.progress)
+        if not self.collector.finish(result):
+            self.stop()
+
+    def _line(self, job: _Job, status: str, error: str | None = None) -> JobResult:
+        """``job``'s results line as it stands: its intent (``sending``) or its outcome."""
         progress, answer = job.progress, job.answer
-        self._open.pop(progress.job.id, None)
         envelope = answer.envelope if answer is not None else None
-        error = decision.error
-        result = JobResult(
+        return JobResult(
             job=progress.job.id,
             account=job.account.name,
             leader_field=self.settings.api.leader_field,
             leader_id=progress.job.leader_id,
-            status="ok" if decision.verdict is Verdict.OK else "failed",
+            status=status,  # type: ignore[arg-type]
             rc=envelope.rc if envelope is not None else None,
             mc=envelope.mc if envelope is not None else None,
             http_status=answer.http_status if answer is not None else None,
@@ -296,9 +315,6 @@ class WorkerPool:
             sent_at=tuple(progress.sent_at),
             result=envelope.result if envelope is not None else None,
         )
-        self._source.finish(progress)
-        if not self.collector.finish(result):
-            self.stop()
 
     async def _wind_down(self) -> None:
         """After a stop: let requests in flight finish, then record what was left open."""

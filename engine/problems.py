@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from engine.models import MANDATORY_FIELDS, SECTIONS, WHEN, JobFileModel
+from engine.models import FOLLOW_FIELDS, MANDATORY_FIELDS, SECTIONS, WHEN, JobFileModel
 from engine.profiles import LEADER_FIELDS, ApiProfile
 from engine.yamlread import LineDict, LineList, Loc, printable
 
@@ -187,9 +187,17 @@ def check_jobs(doc: LineDict, profile: ApiProfile | None, add: Any) -> None:
     for i, job in enumerate(jobs):
         if not isinstance(job, dict):
             continue
-        for field in MANDATORY_FIELDS:
-            if (job[field] if field in job else defaults.get(field)) is None:
-                add(("jobs", i, field), "required: set it in the job or in defaults")
+        if job.get("action") == "unfollow":
+            for field in FOLLOW_FIELDS:
+                if field in job:
+                    add(("jobs", i, field), "an unfollow job takes no follow parameters")
+            if profile is not None and not profile.readable:
+                message = f"needs api v1: XT's cancel-follow is not part of the {profile.name} API"
+                add(("jobs", i, "action"), message)
+        else:
+            for field in MANDATORY_FIELDS:
+                if (job[field] if field in job else defaults.get(field)) is None:
+                    add(("jobs", i, field), "required: set it in the job or in defaults")
         if profile is not None:
             wrong = [field for field in leaders[1:] if field in job]
             for field in wrong:

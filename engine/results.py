@@ -38,7 +38,9 @@ class JobResult:
     #: ``leaderOrderId`` or ``leaderAccountId``, by API profile; the line's key.
     leader_field: str
     leader_id: int
-    status: Literal["ok", "failed"]
+    #: ``sending``: the intent line written before a job's first attempt; its state until
+    #: the outcome's line follows.
+    status: Literal["ok", "failed", "sending"]
     rc: int | None
     mc: str | None
     http_status: int | None
@@ -54,6 +56,8 @@ class JobResult:
     sent_at: tuple[str, ...] = ()
     #: The envelope's ``result``, verbatim (``true`` for a follow that took).
     result: Any = None
+    #: Found in place on the exchange on resume, so not sent again.
+    reconciled: bool = False
 
     def to_json(self) -> str:
         # Not dataclasses.asdict: its deep copy is most of a line's cost, and fields are flat.

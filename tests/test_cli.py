@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from engine.cli import main
 from engine.simulator import SimConfig, Simulator
-from tests.procs import start_piped
+from tests.procs import outcome_lines, start_piped
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "jobs.yaml"
@@ -111,15 +111,15 @@ def test_run_simulate_then_resume_sends_nothing_twice(cli: CliRunner, tmp_path: 
     shutil.copy(SAMPLE, jobs)
     first = cli.invoke(main, ["run", str(jobs), "--simulate", "--sim-latency", "0"])
     assert first.exit_code == 0, first.output
-    lines = [
-        json.loads(line) for line in jobs.with_suffix(".results.jsonl").read_text().splitlines()
-    ]
+    results = jobs.with_suffix(".results.jsonl")
+    lines = outcome_lines(results)
     assert len(lines) == 12 and {line["status"] for line in lines} == {"ok"}
     assert "12 jobs: 12 ok, 0 failed" in first.stdout
+    recorded = results.read_text()
     second = cli.invoke(main, ["run", str(jobs), "--simulate"])
     assert second.exit_code == 0
     assert "skipping 12 jobs already ok" in second.stderr
-    assert len(jobs.with_suffix(".results.jsonl").read_text().splitlines()) == 12
+    assert results.read_text() == recorded
 
 
 async def run_cli(*args: str) -> tuple[int, str, str]:
@@ -136,7 +136,7 @@ async def test_failed_jobs_exit_1_and_are_recorded(job_file: Path) -> None:
             "run", str(job_file), "--base-url", sim.base_url or "", "--concurrency", "1"
         )
     assert code == 1, err
-    lines = [json.loads(x) for x in job_file.with_suffix(".results.jsonl").read_text().splitlines()]
+    lines = outcome_lines(job_file.with_suffix(".results.jsonl"))
     assert [line["mc"] for line in lines] == ["AUTH_103", None]
     assert lines[1]["error"] == "not sent: account alice rejected with AUTH_103"
     assert len(sim.arrivals) == 1

@@ -15,6 +15,7 @@ from engine.launch import LaunchOptions, launch_campaign
 from engine.pool import WorkerPool
 from engine.profiles import V1
 from engine.simulator import SimConfig, Simulator
+from tests.procs import outcome_lines
 from tests.support import BASE_LEADER, accounts_of, make_campaign, run_against
 
 
@@ -204,8 +205,7 @@ async def test_stop_lets_requests_in_flight_finish_and_records_them(tmp_path: Pa
     assert len(sim.arrivals) == 10
     assert outcome.stats.ok == 10
     assert sorted(outcome.results) == sorted(f"alice:{a.leader_id}" for a in sim.arrivals)
-    lines = (tmp_path / "jobs.results.jsonl").read_text().splitlines()
-    assert len(lines) == 10
+    assert len(outcome_lines(tmp_path / "jobs.results.jsonl")) == 10
 
 
 async def test_abort_records_requests_in_flight_as_ambiguous(tmp_path: Path) -> None:

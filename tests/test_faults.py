@@ -44,6 +44,7 @@ from tests.procs import (
     job_file,
     last_lines,
     ok_jobs,
+    outcome_lines,
     run_engine,
     spawn,
     unrecorded_lines,
@@ -262,9 +263,13 @@ async def test_a_write_failure_stops_dispatching(tmp_path: Path) -> None:
         stats = await asyncio.wait_for(runner.process(campaign.jobs), 20)
     log.close()
     assert stats.write_error is not None
-    # Sent: the three on record, the one whose line failed, and what was in flight then.
+    # Three lines went on record (intents and outcomes); nothing left without its intent on
+    # record, and every follow sent has its outcome either on record or among the unrecorded.
     assert len(sim.arrivals) <= 3 + concurrency
-    assert len(stats.unrecorded) == len(sim.arrivals) - 3
+    recorded = outcome_lines(tmp_path / "r.jsonl")
+    assert len(recorded) + len(stats.unrecorded) == len(sim.arrivals)
+    intents = {line["job"] for line in last_lines(tmp_path / "r.jsonl")[0].values()}
+    assert {f"alice:{a.leader_id}" for a in sim.arrivals} <= intents
 
 
 async def test_a_disk_full_mid_run_stops_sending_and_prints_what_it_could_not_record(

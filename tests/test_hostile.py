@@ -551,8 +551,10 @@ async def _follow_once(base_url: str, tmp_path: Path, **settings: Any) -> JobRes
     finally:
         log.close()
     lines = results.read_text().splitlines()
-    assert len(lines) == 1 and len(lines[0]) < 2000  # whole, and small however big the body
-    line = json.loads(lines[0])
+    # Its intent, then its outcome: each whole, and small however big the body.
+    assert len(lines) == 2 and all(len(line) < 2000 for line in lines)
+    assert json.loads(lines[0])["status"] == "sending"
+    line = json.loads(lines[1])
     line["leader_field"] = "leaderOrderId"
     line["leader_id"] = line.pop("leaderOrderId")
     return JobResult(**line)

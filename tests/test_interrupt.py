@@ -3,12 +3,11 @@ them, exit 130; a second Ctrl-C stops at once, still recording every request in 
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
 from engine.simulator import SimConfig, Simulator
-from tests.procs import accounts_table, engine_env, finish, job_file, spawn
+from tests.procs import accounts_table, engine_env, finish, job_file, outcome_lines, spawn
 
 ACCOUNTS = {"alice": 30}
 
@@ -36,7 +35,7 @@ async def interrupt_after_ten(tmp_path: Path, latency: float, signals: int) -> t
         arrivals = len(sim.arrivals)
     assert "stopping: no new requests" in finished.err
     assert arrivals == 10, "nothing may be sent after the first Ctrl-C"
-    return finished.code, [json.loads(line) for line in results.read_text().splitlines()]
+    return finished.code, outcome_lines(results)
 
 
 async def test_ctrl_c_lets_requests_in_flight_finish_and_exits_130(tmp_path: Path) -> None:

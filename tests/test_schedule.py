@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import signal
 from collections.abc import Iterable
@@ -32,7 +31,7 @@ from engine.launch import LaunchOptions
 from engine.results import ResultLog
 from engine.schedule import Scheduler, next_firing, start_at
 from engine.simulator import SimConfig, Simulator
-from tests.procs import last_lines, start_piped
+from tests.procs import last_lines, outcome_lines, start_piped
 
 SECRET = "secret-alice-7d1e"
 LEADER = 7302994413592166401
@@ -122,7 +121,7 @@ class ScheduleRun:
         return asyncio.create_task(self.scheduler.run(once=once))
 
     def lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.results.read_text().splitlines()]
+        return outcome_lines(self.results)
 
 
 async def terminate(task: asyncio.Task[int]) -> int:
@@ -458,5 +457,5 @@ async def test_schedule_once_under_system_cron_runs_now(tmp_path: Path) -> None:
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, err
     assert "3 jobs: 3 ok, 0 failed" in out.decode()
-    lines = path.with_suffix(".results.jsonl").read_text().splitlines()
-    assert [json.loads(line)["status"] for line in lines] == ["ok"] * 3
+    lines = outcome_lines(path.with_suffix(".results.jsonl"))
+    assert [line["status"] for line in lines] == ["ok"] * 3
