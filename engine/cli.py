@@ -21,6 +21,7 @@ from rich.console import Console
 from engine import jobfile
 from engine.campaign import Campaign, Settings
 from engine.launch import (
+    EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
@@ -30,6 +31,7 @@ from engine.launch import (
     default_results_path,
     dry_run,
     fit_open_files,
+    read_exchange,
 )
 from engine.problems import MIN_SECRET
 from engine.profiles import PROFILES
@@ -75,6 +77,21 @@ _TARGET_OPTIONS = (
         help="With --simulate: seconds each answer takes.",
     ),
     click.option("--insecure", is_flag=True, help="Allow plain http:// beyond loopback."),
+    click.option(
+        "--no-preflight",
+        is_flag=True,
+        help="Skip the check of XT's clock and every account's key and role before sending.",
+    ),
+)
+#: What ``verify`` and ``check``, which only read from the exchange, take.
+_READ_OPTIONS = (
+    jobs_argument,
+    api_option,
+    click.option("--base-url", help="Exchange URL; overrides base_url."),
+    click.option(
+        "--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per request."
+    ),
+    click.option("--insecure", is_flag=True, help="Allow plain http:// beyond loopback."),
 )
 _SETTINGS_OPTIONS = ("rate_limit", "concurrency", "max_attempts", "max_retry_after", "timeout")
 
@@ -86,6 +103,13 @@ def target_options(command: F) -> F:
     return command
 
 
+def read_options(command: F) -> F:
+    """Decorate ``command`` with the options ``verify`` and ``check`` share."""
+    for option in reversed(_READ_OPTIONS):
+        command = option(command)
+    return command
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     """The job file and how to send it, as the command line says."""
@@ -93,15 +117,16 @@ class _Target:
     jobs_file: Path
     api: str | None
     base_url: str | None
-    rate_limit: float | None
-    concurrency: int | None
-    max_attempts: int | None
-    max_retry_after: float | None
-    timeout: float | None
-    results: Path | None
-    simulate: bool
-    sim_latency: float
     insecure: bool
+    timeout: float | None
+    rate_limit: float | None = None
+    concurrency: int | None = None
+    max_attempts: int | None = None
+    max_retry_after: float | None = None
+    results: Path | None = None
+    simulate: bool = False
+    sim_latency: float = 0.02
+    no_preflight: bool = False
 
     def load(self, *, sending: bool = True) -> Campaign:
         """The job file with the command line applied. Raises ``JobFileError``, and when
@@ -136,7 +161,13 @@ class _Target:
     def run_options(self, signals: StopSignals, *, fresh: bool = False) -> LaunchOptions:
         sim = SimConfig(latency=self.sim_latency) if self.simulate else None
         results = self.results or default_results_path(self.jobs_file)
-        return LaunchOptions(results=results, fresh=fresh, simulate=sim, signals=signals)
+        return LaunchOptions(
+            results=results,
+            fresh=fresh,
+            simulate=sim,
+            signals=signals,
+            preflight=not self.no_preflight,
+        )
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -287,6 +318,57 @@ def schedule(once: bool, **target: Any) -> None:
     _check_results(options.results, campaign.path)
     scheduler = Scheduler(where.load, campaign, options, Console(highlight=False))
     _execute(scheduler.run(once=once))
+
+
+@main.command()
+@read_options
+@click.option("--strict", is_flag=True, help="Also report follows the file does not list.")
+@click.option("--json", "as_json", is_flag=True, help="Print the drift as JSON.")
+def verify(strict: bool, as_json: bool, **target: Any) -> None:
+    """Compare what each account of JOBS.yaml follows on the exchange, and with which
+    settings, with the file: exit 0 when they agree, 1 on drift, 2 on bad input (api v1)."""
+    from engine.verify import verify as read_drift
+
+    campaign = _Target(**target).checked()
+    if not campaign.settings.api.readable:
+        _fail(
+            f"{campaign.path}: verify reads follows back by leader account id, which only "
+            "api v1 has: set settings.api to v1 (or --api v1)"
+        )
+    found = asyncio.run(read_exchange(campaign, lambda r: read_drift(r, campaign, strict=strict)))
+    if as_json:
+        body = {"drift": [d.as_json() for d in found.drift], "unread": found.unread}
+        click.echo(json.dumps(body, indent=2))
+    else:
+        for d in found.drift:
+            where = f"account {printable(d.account)}, leader {d.leader}"
+            job = f" (job {printable(d.job)})" if d.job else ""
+            click.echo(f"{where}: {d.kind}{job}")
+            for diff in d.differences:
+                click.echo(f"    {diff.field}: file {diff.wanted} / exchange {diff.found}")
+        for account, reason in found.unread.items():
+            click.echo(f"account {printable(account)}: could not be read: {reason}")
+        if not found.drift and not found.unread:
+            click.echo(f"{campaign.path}: no drift over {len(campaign.accounts)} accounts")
+    sys.exit(EXIT_FAILED if found.drift or found.unread else EXIT_OK)
+
+
+@main.command()
+@read_options
+def check(**target: Any) -> None:
+    """Check XT's clock and, for every account of JOBS.yaml, its key and its role, sending
+    no follow: exit 0 when every account may follow, 1 when one may not."""
+    from engine.preflight import preflight
+
+    campaign = _Target(**target).checked()
+    accounts = campaign.accounts.values()
+    report = asyncio.run(read_exchange(campaign, lambda r: preflight(r.client, r, accounts)))
+    if (note := report.clock_note()) is not None:
+        click.echo(f"clock: {note}")
+    for item in report.accounts:
+        verdict = item.problem.removeprefix("not sent: ") if item.problem else "ok"
+        click.echo(f"account {printable(item.account)}: {item.role or '?'}: {verdict}")
+    sys.exit(EXIT_FAILED if report.problems else EXIT_OK)
 
 
 def _print_dry_run(campaign: Campaign) -> None:

@@ -62,6 +62,8 @@ class CampaignStats:
     #: Results the file could not take, so the user still sees them.
     unrecorded: list[JobResult] = field(default_factory=list)
     write_error: str | None = None
+    #: Jobs an earlier run left uncertain, found in place on the exchange: ok, not sent.
+    reconciled: int = 0
     #: Why the run stopped sending on its own (a code every request would meet).
     stopped_by: str | None = None
     #: A failure of the engine itself that stopped the run.

@@ -12,25 +12,29 @@ import asyncio
 import ipaddress
 import resource
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from rich.console import Console
 from yarl import URL
 
-from engine.campaign import Campaign
+from engine.campaign import Campaign, FollowJob
 from engine.client import PreparedRequest, XtClient
-from engine.clock import Clock, wall_clock
+from engine.clock import Clock, iso_utc, wall_clock
 from engine.collector import CampaignStats, Collector
-from engine.pool import WorkerPool
+from engine.pool import WorkerPool, local_limits
+from engine.preflight import preflight
+from engine.reconcile import Reader, reconcile, reconciled_line
 from engine.report import ProgressDisplay, print_summary
 from engine.results import CampaignLock, JobResult, ResultLog
 from engine.signals import StopSignals
 from engine.simulator import SimConfig, Simulator
+from engine.sources import JobProgress, MemorySource
 
+T = TypeVar("T")
 #: Exit codes: every job ok; some job failed; invalid input or usage (nothing sent); stopped.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -61,6 +65,8 @@ class LaunchOptions:
     #: The command's stop signals, installed before it loaded anything; None: the run
     #: installs its own for its duration.
     signals: StopSignals | None = None
+    #: Check XT's clock and every account's key and role before the first follow.
+    preflight: bool = False
 
 
 def default_results_path(jobs_file: Path) -> Path:
@@ -154,7 +160,7 @@ async def launch_campaign(campaign: Campaign, options: LaunchOptions) -> Campaig
             print(f"warning: {warning}", file=sys.stderr)
         if (more := len(past.warnings) - MAX_LINE_WARNINGS) > 0:
             print(f"warning: {options.results}: {more} more lines skipped", file=sys.stderr)
-        done = past.ok_jobs()
+        done, uncertain = past.ok_jobs(), past.uncertain_jobs()
         jobs = [job for job in campaign.jobs if job.id not in done]
         # Never more in flight than jobs to run; an in-process simulator holds the other end
         # of every connection.
@@ -188,20 +194,96 @@ async def launch_campaign(campaign: Campaign, options: LaunchOptions) -> Campaig
                 headers=settings.headers,
             )
             stack.push_async_callback(client.close)
+            limits = local_limits(settings)
             pool = WorkerPool(
-                campaign, client, collector, clock=options.clock, halted=lambda: signals.requested
+                campaign,
+                client,
+                collector,
+                clock=options.clock,
+                halted=lambda: signals.requested,
+                limits=limits,
             )
             signals.attach(pool)
             watch = asyncio.create_task(_watch_records(log, lock, collector, pool))
             stack.callback(watch.cancel)
             if options.on_start is not None:
                 options.on_start(collector.stats)
-            stats = await pool.process(jobs)
+            reader = Reader(client, limits, settings, halted=lambda: signals.requested)
+            if options.preflight and jobs:
+                await _preflight(client, reader, campaign, jobs, pool)
+            work = await _settle_uncertain(reader, campaign, jobs, uncertain, collector, options)
+            stats = await pool.serve(MemorySource(work, options.clock))
             stats.interrupted = signals.requested
             return stats
     finally:
         log.close()
         lock.release()
+
+
+async def read_exchange(campaign: Campaign, work: Callable[[Reader], Awaitable[T]]) -> T:
+    """``work`` done with a ``Reader`` of the campaign's exchange, limited as a run is."""
+    settings = campaign.settings
+    async with XtClient(
+        campaign.base_url,
+        settings.api,
+        timeout=settings.timeout,
+        recv_window_ms=settings.recv_window_ms,
+        headers=settings.headers,
+    ) as client:
+        return await work(Reader(client, local_limits(settings), settings))
+
+
+async def _preflight(
+    client: XtClient, reader: Reader, campaign: Campaign, jobs: list[FollowJob], pool: WorkerPool
+) -> None:
+    """Check XT's clock and the accounts of ``jobs``; the jobs of an account that fails fail
+    unsent, with the reason said once here."""
+    names = dict.fromkeys(job.account for job in jobs)
+    report = await preflight(client, reader, (campaign.accounts[name] for name in names))
+    if (note := report.clock_note()) is not None:
+        print(f"check: {note}", file=sys.stderr, flush=True)
+    for account, problem in report.problems.items():
+        print(f"check: {problem.removeprefix('not sent: ')}", file=sys.stderr, flush=True)
+        pool.disable_account(account, problem)
+
+
+async def _settle_uncertain(
+    reader: Reader,
+    campaign: Campaign,
+    jobs: list[FollowJob],
+    uncertain: set[str],
+    collector: Collector,
+    options: LaunchOptions,
+) -> list[FollowJob | JobProgress]:
+    """The work of the run: ``jobs``, the exchange asked first where the API can say (v1)
+    about those an earlier run left uncertain, and about every unfollow (a leader no longer
+    followed needs no request). The ones found in place go on record as ok, unsent. Under
+    v4, uncertain jobs are sent again, flagged ambiguous."""
+    api = campaign.settings.api
+
+    def ask(job: FollowJob) -> bool:
+        return job.id in uncertain or (api.readable and job.action == "unfollow")
+
+    settled = [job for job in jobs if ask(job)]
+    work: list[FollowJob | JobProgress] = [job for job in jobs if not ask(job)]
+    if not settled:
+        return work
+    if not api.readable:
+        return work + [JobProgress(job, sent=True, ambiguous=True) for job in settled]
+    found = await reconcile(reader, settled, campaign.accounts)
+    for account, reason in found.unread.items():
+        print(
+            f"warning: could not ask the exchange about {account}'s jobs ({reason}): "
+            "sending them again, flagged ambiguous",
+            file=sys.stderr,
+            flush=True,
+        )
+    collector.stats.reconciled = len(found.in_place)
+    for job in found.in_place:
+        line = reconciled_line(job, api.leader_field, iso_utc(options.clock(), "milliseconds"))
+        if not collector.finish(line):
+            break
+    return work + list(found.again)
 
 
 async def _watch_records(

@@ -149,22 +149,46 @@ class KeyLimiter:
 class Limits(Protocol):
     """Which limit a request counts against, and that limit's gate."""
 
-    def key_of(self, api_key: str, account: str) -> tuple[str, str]:
-        """The limit's name and its label for people."""
+    def key_of(self, api_key: str, account: str, *, read: bool = False) -> tuple[str, str]:
+        """The limit's name and its label for people; ``read``: a call to XT's account
+        endpoints (per IP) rather than a follow."""
         ...
 
-    def limiter(self, name: str) -> Limiter: ...
+    def limiter(self, name: str) -> Limiter:
+        """The one gate of limit ``name``: the same object every time it is asked for."""
+        ...
+
+
+#: The name of the per-IP limit of XT's account endpoints when follows are limited per key.
+READS = "reads (per IP)"
 
 
 class LocalLimits:
     """This process's limits: one ``KeyLimiter`` per API key, or one for all under a
-    per-IP rule (this process is the IP's only sender)."""
+    per-IP rule (this process is the IP's only sender). Under a per-IP rule, reads of the
+    account endpoints share the one limit with follows; otherwise they have their own, at
+    ``read_rate`` per IP."""
 
-    def __init__(self, rate: float, margin: float = DEFAULT_MARGIN, *, per_ip: bool = False):
-        self.rate, self.margin, self.per_ip = rate, margin, per_ip
+    def __init__(
+        self,
+        rate: float,
+        margin: float = DEFAULT_MARGIN,
+        *,
+        per_ip: bool = False,
+        read_rate: float = 2,
+    ) -> None:
+        self.rate, self.margin, self.per_ip, self.read_rate = rate, margin, per_ip, read_rate
+        self._limiters: dict[str, Limiter] = {}
 
-    def key_of(self, api_key: str, account: str) -> tuple[str, str]:
-        return ("*", "all keys (per IP)") if self.per_ip else (api_key, account)
+    def key_of(self, api_key: str, account: str, *, read: bool = False) -> tuple[str, str]:
+        if self.per_ip:
+            return "*", "all keys (per IP)"
+        return (READS, READS) if read else (api_key, account)
 
     def limiter(self, name: str) -> Limiter:
-        return KeyLimiter(self.rate, margin=self.margin, track_sends=True)
+        limiter = self._limiters.get(name)
+        if limiter is None:
+            rate = self.read_rate if name == READS else self.rate
+            limiter = KeyLimiter(rate, margin=self.margin, track_sends=True)
+            self._limiters[name] = limiter
+        return limiter

@@ -22,12 +22,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
-from engine.campaign import Account, Campaign, FollowJob
+from engine.campaign import Account, Campaign, FollowJob, Settings
 from engine.client import AmbiguousError, Answer, XtClient
 from engine.clock import Clock, iso_utc, wall_clock
 from engine.collector import CampaignStats, Collector, KeyStats
 from engine.limiter import Limiter, Limits, LocalLimits
 from engine.policy import Decision, Step, Verdict, escalate, judge, scrub
+from engine.profiles import ACCOUNT_ENDPOINTS_RATE
 from engine.results import JobResult
 from engine.sources import JobProgress, JobSource, MemorySource
 
@@ -86,9 +87,7 @@ class WorkerPool:
         self.collector = collector
         self.grace = grace
         self.clock = clock
-        self.limits = limits or LocalLimits(
-            settings.rate_limit, settings.margin, per_ip=settings.api.per_ip
-        )
+        self.limits = limits or local_limits(settings)
         self._halted = halted
         self._rng = rng or random.Random()
         self._slots = asyncio.Semaphore(settings.concurrency)
@@ -107,10 +106,10 @@ class WorkerPool:
     def stats(self) -> CampaignStats:
         return self.collector.stats
 
-    async def process(self, jobs: Iterable[FollowJob]) -> CampaignStats:
+    async def process(self, jobs: Iterable[FollowJob | JobProgress]) -> CampaignStats:
         """Run ``jobs`` until each is finished or the pool is stopped."""
         source = MemorySource(jobs, self.clock)
-        self.stats.total = len(source.jobs)
+        self.stats.total = len(source.progress)
         return await self.serve(source)
 
     async def serve(self, source: JobSource) -> CampaignStats:
@@ -123,6 +122,10 @@ class WorkerPool:
             await self._wind_down()
         self.stats.ended = time.monotonic()
         return self.stats
+
+    def disable_account(self, account: str, reason: str) -> None:
+        """Fail ``account``'s jobs unsent from now on, for ``reason``."""
+        self._disabled.setdefault(account, reason)
 
     def stop(self) -> None:
         """Stop dispatching; requests in flight get the grace period to finish."""
@@ -263,7 +266,7 @@ class WorkerPool:
         if step.pause_key:
             key.limiter.pause(step.pause_key)
         if step.disable_account:
-            self._disabled.setdefault(job.account.name, step.disable_account)
+            self.disable_account(job.account.name, step.disable_account)
         if step.disable_key and key.disabled is None:
             key.disabled = step.disable_key
         if step.stop_run:
@@ -340,6 +343,17 @@ class WorkerPool:
                 last = job.decision.error if job.decision else "none"
                 error = f"interrupted after {attempts} attempts; last error: {last}"
             self._finish(job.key, job, Decision(Verdict.FAIL, error))
+
+
+def local_limits(settings: Settings) -> LocalLimits:
+    """This process's limits for ``settings``: follows at ``rate_limit``, account reads at
+    XT's 2/s per IP."""
+    return LocalLimits(
+        settings.rate_limit,
+        settings.margin,
+        per_ip=settings.api.per_ip,
+        read_rate=ACCOUNT_ENDPOINTS_RATE,
+    )
 
 
 _tuned_runs = 0

@@ -80,6 +80,16 @@ class PastResults:
     def ok_jobs(self) -> set[str]:
         return {job for job, line in self.last.items() if line.get("status") == "ok"}
 
+    def uncertain_jobs(self) -> set[str]:
+        """Jobs an earlier run may have had accepted without knowing: their last line is an
+        intent (``sending``: cut off mid-request) or an ambiguous failure."""
+        return {
+            job
+            for job, line in self.last.items()
+            if line.get("status") == "sending"
+            or (line.get("status") == "failed" and line.get("ambiguous") is True)
+        }
+
 
 def parse_results(lines: list[str], name: str) -> PastResults:
     """Each job's last line. A torn or foreign line (a kill mid-write) is skipped with a warning."""

@@ -265,7 +265,7 @@ class Simulator:
         self.base_url: str | None = None
         #: Arrival times within the window of each limited key (None: every key, per IP).
         self._recent: defaultdict[str | None, deque[float]] = defaultdict(deque)
-        self._scripts: dict[int, deque[str]] = {}
+        self._scripts: dict[int | str, deque[str]] = {}
         self._follows = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._rng = random.Random(self.config.seed)
@@ -280,11 +280,12 @@ class Simulator:
         for path in (USER_STATUS_PATH, MY_LEADERS_PATH, LEADER_CONFIG_PATH):
             self.app.router.add_get(path, self._signed)
 
-    def script(self, leader_id: int, faults: Sequence[str]) -> None:
-        """The next arrivals for ``leader_id`` get ``faults`` in order, after earlier scripts."""
+    def script(self, target: int | str, faults: Sequence[str]) -> None:
+        """The next arrivals for ``target`` get ``faults`` in order, after earlier scripts:
+        a leader id (a follow, cancel or settings read naming it), or an endpoint's path."""
         for kind in faults:
             check_fault(kind)
-        self._scripts.setdefault(leader_id, deque()).extend(faults)
+        self._scripts.setdefault(target, deque()).extend(faults)
 
     def server_time_ms(self) -> int:
         return int(time.time() * 1000) + self.config.skew_ms
@@ -367,7 +368,7 @@ class Simulator:
             self.violations += 1
             response = web.Response(status=429, headers={"Retry-After": str(retry_after)})
         else:
-            fault = self._fault(leader_id)
+            fault = self._fault(path, leader_id)
             if fault in (None, DROP_AFTER, SLOW):
                 refused = self._refusal(request, prefix, body)
                 result: Any = None
@@ -441,10 +442,11 @@ class Simulator:
         times.append(now)
         return 0
 
-    def _fault(self, leader_id: int | None) -> str | None:
-        script = self._scripts.get(leader_id) if leader_id is not None else None
-        if script:
-            return script.popleft()
+    def _fault(self, path: str, leader_id: int | None) -> str | None:
+        for target in (path, leader_id):
+            script = self._scripts.get(target) if target is not None else None
+            if script:
+                return script.popleft()
         if self.config.fault_rate and self._rng.random() < self.config.fault_rate:
             return self._rng.choice(self.config.fault_kinds)
         return None

@@ -51,12 +51,13 @@ class JobSource(Protocol):
 
 
 class MemorySource:
-    """A campaign's jobs, in the order given; each delivered once due (``not_before``)."""
+    """A campaign's jobs, in the order given; each delivered once due (``not_before``). A
+    job may come with its progress so far (a resumed job known to be ambiguous)."""
 
-    def __init__(self, jobs: Iterable[FollowJob], clock: Clock = wall_clock) -> None:
-        self.jobs = list(jobs)
+    def __init__(self, jobs: Iterable[FollowJob | JobProgress], clock: Clock = wall_clock) -> None:
+        self.progress = [j if isinstance(j, JobProgress) else JobProgress(j) for j in jobs]
         self.clock = clock
-        self._open = len(self.jobs)
+        self._open = len(self.progress)
         self._done = asyncio.Event()
         self._deliver: Deliver | None = None
         if not self._open:
@@ -64,8 +65,8 @@ class MemorySource:
 
     def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
-        for job in self.jobs:
-            self._when_due(JobProgress(job))
+        for progress in self.progress:
+            self._when_due(progress)
 
     def _when_due(self, progress: JobProgress) -> None:
         """Deliver now, or check again at ``not_before``: a wall clock may jump meanwhile."""

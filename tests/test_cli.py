@@ -130,10 +130,12 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
 
 
 async def test_failed_jobs_exit_1_and_are_recorded(job_file: Path) -> None:
-    """A wrong secret: the account is refused, its other job is not sent, exit 1."""
+    """A wrong secret, not checked before sending: the account is refused at its first
+    follow, its other job is not sent, exit 1."""
     async with Simulator({"alice-key": "the-real-secret"}, SimConfig()) as sim:
+        url = sim.base_url or ""
         code, out, err = await run_cli(
-            "run", str(job_file), "--base-url", sim.base_url or "", "--concurrency", "1"
+            "run", str(job_file), "--base-url", url, "--concurrency", "1", "--no-preflight"
         )
     assert code == 1, err
     lines = outcome_lines(job_file.with_suffix(".results.jsonl"))

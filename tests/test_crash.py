@@ -92,6 +92,7 @@ async def test_kill_9_at_random_points_loses_nothing_and_resends_only_what_was_i
     env = engine_env(ACCOUNTS)
     args = (
         "run",
+        "--no-preflight",
         str(jobs),
         "--results",
         str(results),
@@ -184,7 +185,15 @@ async def _second_engine(tmp_path: Path, *extra: str) -> tuple[Finished, Finishe
     jobs.write_text(job_file(SMALL))
     env = engine_env(SMALL)
     async with Simulator(accounts_table(SMALL), SimConfig(latency=0.05)) as sim:
-        args = ("run", str(jobs), "--base-url", sim.base_url or "", "--concurrency", "2")
+        args = (
+            "run",
+            "--no-preflight",
+            str(jobs),
+            "--base-url",
+            sim.base_url or "",
+            "--concurrency",
+            "2",
+        )
         out, err = tmp_path / "first.out", tmp_path / "first.err"
         first = await spawn(*args, env=env, out=out, err=err)
         await sim.wait_for_arrivals(1)
@@ -213,7 +222,15 @@ async def test_two_engines_started_together_never_both_send(tmp_path: Path) -> N
     jobs.write_text(job_file(SMALL))
     env = engine_env(SMALL)
     async with Simulator(accounts_table(SMALL), SimConfig(latency=0.05)) as sim:
-        args = ("run", str(jobs), "--base-url", sim.base_url or "", "--concurrency", "2")
+        args = (
+            "run",
+            "--no-preflight",
+            str(jobs),
+            "--base-url",
+            sim.base_url or "",
+            "--concurrency",
+            "2",
+        )
         both = await asyncio.gather(
             run_engine(*args, env=env, workdir=tmp_path, name="a"),
             run_engine(*args, env=env, workdir=tmp_path, name="b"),

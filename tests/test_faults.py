@@ -136,6 +136,7 @@ async def _refused(tmp_path: Path, results: Path, **kwargs: object) -> None:
     async with Simulator(accounts_table(ALICE), SimConfig()) as sim:
         run = await run_engine(
             "run",
+            "--no-preflight",
             str(jobs),
             "--base-url",
             sim.base_url or "",
@@ -284,6 +285,7 @@ async def test_a_disk_full_mid_run_stops_sending_and_prints_what_it_could_not_re
         out, err = tmp_path / "engine.out", tmp_path / "engine.err"
         process = await spawn(
             "run",
+            "--no-preflight",
             str(jobs),
             "--base-url",
             sim.base_url or "",

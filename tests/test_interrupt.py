@@ -19,6 +19,7 @@ async def interrupt_after_ten(tmp_path: Path, latency: float, signals: int) -> t
     async with Simulator(accounts_table(ACCOUNTS), SimConfig(latency=latency)) as sim:
         process = await spawn(
             "run",
+            "--no-preflight",
             str(jobs),
             "--base-url",
             sim.base_url or "",

@@ -120,6 +120,7 @@ async def _run_with_limits(
     async with Simulator(accounts_table(accounts), SimConfig(latency=0.2)) as sim:
         done = await run_engine(
             "run",
+            "--no-preflight",
             str(jobs),
             "--base-url",
             sim.base_url or "",
