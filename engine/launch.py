@@ -155,6 +155,8 @@ async def launch_campaign(campaign: Campaign, options: LaunchOptions) -> Campaig
             campaign = replace(campaign, settings=replace(campaign.settings, concurrency=fits))
         collector = Collector(log, on_result=options.on_result)
         collector.stats.skipped = len(campaign.jobs) - len(jobs)
+        # Known before anything starts, so that progress shows the whole run from the first.
+        collector.stats.total = len(jobs)
         async with AsyncExitStack() as stack:
             # Entered first so that it is left last: no moment of the run without a handler.
             signals = options.signals or stack.enter_context(StopSignals())

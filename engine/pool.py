@@ -106,7 +106,6 @@ class WorkerPool:
             key = self._key_for(self.campaign.accounts[job.account])
             key.pending += 1
             key.queue.put_nowait(_JobProgress(job, self.campaign.accounts[job.account]))
-            self.stats.total += 1
         self._dispatchers = [asyncio.create_task(self._dispatch(k)) for k in self._keys.values()]
         with _collector_tuned():
             await _first_of(asyncio.gather(*self._dispatchers), self._stopping.wait())
