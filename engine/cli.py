@@ -1,150 +1,48 @@
 """The ``follow-engine`` command. Exit codes: 0 every job ok, 1 some job failed,
-2 invalid input or usage (nothing sent), 130 interrupted."""
+2 invalid input or usage (nothing sent), 130 interrupted.
+
+Each command imports what it needs when it runs (see ``engine.target``): ``--help``,
+``validate`` and ``schema`` never load the HTTP client, the simulator, rich or croniter.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
+import os
 import sys
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Coroutine, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from rich.console import Console
 
-from engine import jobfile
-from engine.campaign import Campaign, Settings
-from engine.launch import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    InsecureTransportError,
-    LaunchOptions,
-    check_transport,
-    default_results_path,
-    dry_run,
-    fit_open_files,
-)
-from engine.profiles import PROFILES
-from engine.results import ResultsFileError
-from engine.schedule import Scheduler, check_results, start_at
-from engine.signals import StopSignals
-from engine.simulator import SimConfig, serve
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-jobs_argument = click.argument("jobs_file", metavar="JOBS.yaml", type=click.Path(path_type=Path))
-api_option = click.option(
-    "--api", type=click.Choice(sorted(PROFILES)), help="API profile; overrides settings.api."
-)
-#: What ``run`` and ``schedule`` both take, defined once; ``_Target`` holds the values.
-_TARGET_OPTIONS = (
-    jobs_argument,
+from engine.exits import EXIT_INTERRUPTED, EXIT_OK
+from engine.target import (
+    Target,
+    allow_over_limit_option,
     api_option,
-    click.option("--base-url", help="Exchange URL; overrides base_url."),
-    click.option(
-        "--rate-limit", type=click.FloatRange(min=0, min_open=True), help="Requests/s per key."
-    ),
-    click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight, all keys."),
-    click.option("--max-attempts", type=click.IntRange(min=1), help="Attempts per job, at most."),
-    click.option(
-        "--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per request."
-    ),
-    click.option(
-        "--results", type=click.Path(path_type=Path), help="Results file [JOBS.results.jsonl]."
-    ),
-    click.option("--simulate", is_flag=True, help="Run against the built-in simulated exchange."),
-    click.option(
-        "--sim-latency",
-        type=click.FloatRange(min=0),
-        default=0.02,
-        show_default=True,
-        help="With --simulate: seconds each answer takes.",
-    ),
-    click.option("--insecure", is_flag=True, help="Allow plain http:// beyond loopback."),
+    env_file_option,
+    fail,
+    jobs_argument,
+    load_checked,
+    target_options,
 )
-_SETTINGS_OPTIONS = ("rate_limit", "concurrency", "max_attempts", "timeout")
 
-
-def target_options(command: F) -> F:
-    """Decorate ``command`` with the options ``run`` and ``schedule`` share."""
-    for option in reversed(_TARGET_OPTIONS):
-        command = option(command)
-    return command
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """The job file and how to send it, as the command line says."""
-
-    jobs_file: Path
-    api: str | None
-    base_url: str | None
-    rate_limit: float | None
-    concurrency: int | None
-    max_attempts: int | None
-    timeout: float | None
-    results: Path | None
-    simulate: bool
-    sim_latency: float
-    insecure: bool
-
-    def load(self, *, sending: bool = True) -> Campaign:
-        """The job file with the command line applied. Raises ``JobFileError``, and when
-        ``sending`` to plain http:// beyond loopback without --insecure,
-        ``InsecureTransportError``; an allowed one is among the campaign's warnings."""
-        campaign = jobfile.load(self.jobs_file, api=self.api)
-        given = {name: getattr(self, name) for name in _SETTINGS_OPTIONS}
-        settings = dataclasses.replace(
-            campaign.settings, **{name: value for name, value in given.items() if value is not None}
-        )
-        base_url = (self.base_url or campaign.base_url).rstrip("/")
-        campaign = dataclasses.replace(campaign, settings=settings, base_url=base_url)
-        if sending and not self.simulate:
-            warning = check_transport(campaign.base_url, self.insecure)
-            if warning:
-                warnings = (*campaign.warnings, warning.removeprefix("warning: "))
-                campaign = dataclasses.replace(campaign, warnings=warnings)
-        return campaign
-
-    def checked(self, *, sending: bool = True) -> Campaign:
-        """``load``, or exit 2 with every problem; warnings shown."""
-        return _checked(self.jobs_file, lambda: self.load(sending=sending))
-
-    def run_options(self, signals: StopSignals, *, fresh: bool = False) -> LaunchOptions:
-        sim = SimConfig(latency=self.sim_latency) if self.simulate else None
-        results = self.results or default_results_path(self.jobs_file)
-        return LaunchOptions(results=results, fresh=fresh, simulate=sim, signals=signals)
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    click.echo(message, err=True)
-    sys.exit(code)
-
-
-def _checked(jobs_file: Path, load: Callable[[], Campaign]) -> Campaign:
-    """The campaign ``load`` reads, or exit 2 with every problem; warnings shown."""
-    try:
-        campaign = load()
-    except jobfile.JobFileError as exc:
-        _fail(f"{exc}\n{jobs_file}: {len(exc.problems)} problem(s); nothing sent")
-    except InsecureTransportError as exc:
-        _fail(str(exc))
-    for warning in campaign.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    return campaign
+if TYPE_CHECKING:
+    from engine.campaign import Campaign
 
 
 def _execute(work: Coroutine[Any, Any, int]) -> NoReturn:
     """Run ``work`` and exit with its code."""
+    import asyncio
+
+    from engine.results import ResultsFileError
+
     try:
         code = asyncio.run(work)
     except ResultsFileError as exc:
-        _fail(f"{exc}; nothing sent")
+        fail(f"{exc}; nothing sent")
     except KeyboardInterrupt:  # a Ctrl-C between two handlers; every result is already written
         code = EXIT_INTERRUPTED
     sys.exit(code)
@@ -160,9 +58,18 @@ def main() -> None:
 @main.command()
 @jobs_argument
 @api_option
-def validate(jobs_file: Path, api: str | None) -> None:
+@env_file_option
+@allow_over_limit_option
+def validate(
+    jobs_file: Path, api: str | None, env: Mapping[str, str] | None, allow_over_limit: bool
+) -> None:
     """Check a job file and send nothing."""
-    campaign = _checked(jobs_file, lambda: jobfile.load(jobs_file, api=api))
+    from engine import jobfile
+
+    campaign = load_checked(
+        jobs_file,
+        lambda: jobfile.load(jobs_file, api=api, env=env, allow_over_limit=allow_over_limit),
+    )
     settings = campaign.settings
     scope = "per IP" if settings.api.per_ip else "per key"
     click.echo(
@@ -174,6 +81,8 @@ def validate(jobs_file: Path, api: str | None) -> None:
 @main.command()
 def schema() -> None:
     """Print the job file's JSON Schema (for editor completion and checks)."""
+    from engine import jobfile
+
     click.echo(json.dumps(jobfile.json_schema(), indent=2))
 
 
@@ -181,14 +90,20 @@ def schema() -> None:
 @target_options
 @click.option("--now", is_flag=True, help="Start now, whatever schedule.at or schedule.cron say.")
 @click.option("--fresh", is_flag=True, help="Start over: forget earlier results.")
-@click.option("--dry-run", is_flag=True, help="Print the requests instead of sending them.")
+@click.option("--dry-run", is_flag=True, help="Print the requests a run would send, and send none.")
 def run(now: bool, fresh: bool, dry_run: bool, **target: Any) -> None:
     """Send every job of JOBS.yaml not already ok in the results file, at schedule.at if the
     file sets it. A file with schedule.cron is for `follow-engine schedule` (or --now)."""
-    where = _Target(**target)
+    from engine.signals import StopSignals
+
+    where = Target(**target)
     if dry_run:
-        _print_dry_run(where.checked(sending=False))
+        _print_dry_run(where.checked(sending=False), where.results_path, fresh)
         return
+    from rich.console import Console
+
+    from engine.schedule import start_at
+
     # Before the file is read: a stop asked for while it loads must stop the run unsent.
     signals = StopSignals().install()
     campaign = where.checked()
@@ -203,7 +118,7 @@ def _start(campaign: Campaign) -> datetime | None:
     """The file's ``schedule.at``; a ``cron`` file is refused, as ``run`` runs once."""
     schedule = campaign.schedule
     if schedule is not None and schedule.cron is not None:
-        _fail(
+        fail(
             f"{campaign.path}: schedule.cron {schedule.cron!r} repeats: run it with "
             "`follow-engine schedule` (or once now with `run --now`); nothing sent"
         )
@@ -211,10 +126,35 @@ def _start(campaign: Campaign) -> datetime | None:
 
 
 def _check_results(results: Path) -> None:
+    from engine.results import ResultsFileError
+    from engine.schedule import check_results
+
     try:
         check_results(results)
     except ResultsFileError as exc:
-        _fail(f"{exc}; nothing sent")
+        fail(f"{exc}; nothing sent")
+
+
+def _print_dry_run(campaign: Campaign, results: Path, fresh: bool) -> None:
+    from engine.launch import dry_run
+    from engine.results import ResultsFileError
+
+    try:
+        planned = dry_run(campaign, results, fresh)
+    except ResultsFileError as exc:
+        fail(f"{exc}; nothing sent")
+    for job, request in planned.requests:
+        click.echo(f"# job {job.id} (account {job.account})")
+        click.echo(f"{request.method} {request.url}")
+        for name, value in request.redacted().items():
+            click.echo(f"{name}: {value}")
+        click.echo(f"\n{request.body}\n")
+    skipped = f"; {planned.skipped} jobs skipped, already ok in {results}"
+    click.echo(
+        f"dry run: {len(planned.requests)} requests shown, none sent"
+        + (skipped if planned.skipped else ""),
+        err=True,
+    )
 
 
 @main.command()
@@ -223,7 +163,12 @@ def _check_results(results: Path) -> None:
 def schedule(once: bool, **target: Any) -> None:
     """Run JOBS.yaml's schedule.cron campaign until stopped: at each firing, re-read the file
     and send every job not already ok in the results file."""
-    where = _Target(**target)
+    from rich.console import Console
+
+    from engine.schedule import Scheduler
+    from engine.signals import StopSignals
+
+    where = Target(**target)
     signals = StopSignals().install()
     campaign = where.checked()
     if campaign.schedule is None or campaign.schedule.cron is None:
@@ -232,21 +177,11 @@ def schedule(once: bool, **target: Any) -> None:
             if campaign.schedule is not None
             else "add schedule: {cron: ...}"
         )
-        _fail(f"{campaign.path}: no schedule.cron to run; {hint}; nothing sent")
+        fail(f"{campaign.path}: no schedule.cron to run; {hint}; nothing sent")
     options = where.run_options(signals)
     _check_results(options.results)
     scheduler = Scheduler(where.load, campaign, options, Console(highlight=False))
     _execute(scheduler.run(once=once))
-
-
-def _print_dry_run(campaign: Campaign) -> None:
-    for job, request in zip(campaign.jobs, dry_run(campaign), strict=True):
-        click.echo(f"# job {job.id} (account {job.account})")
-        click.echo(f"{request.method} {request.url}")
-        for name, value in request.redacted().items():
-            click.echo(f"{name}: {value}")
-        click.echo(f"\n{request.body}\n")
-    click.echo(f"dry run: {len(campaign.jobs)} requests shown, none sent", err=True)
 
 
 @main.command()
@@ -280,9 +215,16 @@ def simulate(
     seed: int,
 ) -> None:
     """Serve the simulated exchange until interrupted."""
+    import asyncio
+
+    from engine import jobfile
+    from engine.campaign import Settings
+    from engine.launch import fit_open_files
+    from engine.simulator import SimConfig, serve
+
     accounts = None
     if jobs_file is not None:
-        campaign = _checked(jobs_file, lambda: jobfile.load(jobs_file))
+        campaign = load_checked(jobs_file, lambda: jobfile.load(jobs_file))
         accounts = {a.api_key: a.secret_key for a in campaign.accounts.values()}
     config = SimConfig(
         latency=latency, rate_limit=rate_limit, per_ip=per_ip, fault_rate=fault_rate, seed=seed
@@ -300,6 +242,9 @@ def simulate(
         asyncio.run(serve(host, port, accounts, config))
     except KeyboardInterrupt:
         sys.exit(EXIT_OK)
+    except OSError as exc:  # the port is taken, or the host is not this machine's
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        fail(f"simulate: cannot listen on {host}:{port}: {reason}")
 
 
 if __name__ == "__main__":

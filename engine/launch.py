@@ -8,40 +8,32 @@ prints except the stop notice a person needs when pressing Ctrl-C.
 
 from __future__ import annotations
 
-import ipaddress
 import resource
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
 from rich.console import Console
-from yarl import URL
 
-from engine.campaign import Campaign
+from engine.campaign import Campaign, FollowJob
 from engine.client import PreparedRequest, XtClient
 from engine.clock import Clock, wall_clock
 from engine.collector import CampaignStats, Collector
+from engine.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from engine.pool import WorkerPool
 from engine.report import ProgressDisplay, print_summary
-from engine.results import JobResult, ResultLog
+from engine.results import JobResult, ResultLog, read_results
 from engine.signals import StopSignals
 from engine.simulator import SimConfig, Simulator
-
-#: Exit codes: every job ok; some job failed; invalid input or usage (nothing sent); stopped.
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 #: Skipped lines of the results file named one by one; a file full of them gets a count.
 MAX_LINE_WARNINGS = 20
 #: Open files a run needs besides its connections: standard streams, the results file,
 #: the event loop's own, the simulator's listening socket.
 SPARE_FILES = 64
-
-
-class InsecureTransportError(Exception):
-    """Credentials would cross a network in clear text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,49 +56,36 @@ def default_results_path(jobs_file: Path) -> Path:
     return jobs_file.with_suffix(".results.jsonl")
 
 
-def check_transport(base_url: str, insecure: bool) -> str | None:
-    """Refuse plain http:// beyond loopback unless ``insecure``; return a warning if allowed.
+@dataclass(frozen=True, slots=True)
+class DryRun:
+    """What a run would send now: each job with its request, signed now, sent never."""
 
-    The host is read as aiohttp will read it (yarl), not by a second parser that might
-    see loopback where aiohttp sees another host. A URL yarl cannot read is refused.
-    """
+    requests: list[tuple[FollowJob, PreparedRequest]]
+    #: Jobs left out because the results file has them ok already.
+    skipped: int
+
+
+def dry_run(campaign: Campaign, results: Path, fresh: bool = False) -> DryRun:
+    """The requests a run would send first. ``results`` is only read: neither locked (a run
+    may hold it) nor created. Raises ``ResultsFileError`` when it cannot be read."""
     try:
-        url = URL(base_url)
-        host = url.host
-    except ValueError:
-        host = None
-    if host is None or url.scheme not in ("http", "https"):
-        raise InsecureTransportError(
-            f"{base_url!r}: not an http(s) URL with a host, such as https://sapi.xt.com"
-        )
-    if url.scheme == "https" or _is_loopback(host):
-        return None
-    if not insecure:
-        raise InsecureTransportError(
-            f"{base_url}: refusing to send API keys and signatures over plain http:// to a "
-            "host that is not loopback; use https:// or pass --insecure"
-        )
-    return f"warning: sending credentials over plain http:// to {host} (--insecure)"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def dry_run(campaign: Campaign) -> list[PreparedRequest]:
-    """The requests a run would send first, signed now, sent never."""
+        done = set() if fresh else read_results(results).ok_jobs()
+    except FileNotFoundError:
+        done = set()
+    jobs = pending(campaign.jobs, done)
     settings = campaign.settings
     client = XtClient(campaign.base_url, settings.api, recv_window_ms=settings.recv_window_ms)
     accounts = campaign.accounts
-    return [
-        client.prepare(accounts[j.account].api_key, accounts[j.account].secret_key, j.params)
-        for j in campaign.jobs
+    requests = [
+        (j, client.prepare(accounts[j.account].api_key, accounts[j.account].secret_key, j.params))
+        for j in jobs
     ]
+    return DryRun(requests, len(campaign.jobs) - len(jobs))
+
+
+def pending(jobs: Iterable[FollowJob], done: Container[str]) -> list[FollowJob]:
+    """The jobs a run sends: those not already ok (``done``)."""
+    return [job for job in jobs if job.id not in done]
 
 
 def fit_open_files(concurrency: int, per_request: int = 1) -> tuple[int, str | None]:
@@ -144,8 +123,7 @@ async def launch_campaign(campaign: Campaign, options: LaunchOptions) -> Campaig
             print(f"warning: {warning}", file=sys.stderr)
         if (more := len(past.warnings) - MAX_LINE_WARNINGS) > 0:
             print(f"warning: {options.results}: {more} more lines skipped", file=sys.stderr)
-        done = past.ok_jobs()
-        jobs = [job for job in campaign.jobs if job.id not in done]
+        jobs = pending(campaign.jobs, past.ok_jobs())
         # Never more in flight than jobs to run; an in-process simulator holds the other end
         # of every connection.
         wanted = min(campaign.settings.concurrency, max(1, len(jobs)))
