@@ -185,6 +185,40 @@ def schedule(once: bool, **target: Any) -> None:
 
 
 @main.command()
+@click.argument("results", metavar="RESULTS.jsonl", type=click.Path(path_type=Path))
+@click.option("--failed", is_flag=True, help="List only failed jobs.")
+@click.option("--ambiguous", is_flag=True, help="List only ambiguous jobs.")
+@click.option("--all", "every", is_flag=True, help="List every job.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON, for scripts.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print the jobs listed as CSV.")
+@click.option(
+    "--html",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the report, with a picture of the campaign, as one HTML page.",
+)
+def report(
+    results: Path,
+    failed: bool,
+    ambiguous: bool,
+    every: bool,
+    as_json: bool,
+    as_csv: bool,
+    html: Path | None,
+) -> None:
+    """Show a campaign's outcome from its results file.
+
+    Each job counts by its last line: totals, jobs by status, rc/mc, error and account, and
+    the failed and ambiguous jobs. Exit 0 when no job failed, 1 when some did, 2 when the
+    file cannot be read."""
+    from engine.campaign_report import Listing, show
+
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv: one at a time")
+    listing = Listing(failed=failed, ambiguous=ambiguous, every=every)
+    sys.exit(show(results, listing, "json" if as_json else "csv" if as_csv else None, html))
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option(

@@ -51,7 +51,7 @@ def test_help_lists_every_command() -> None:
         [sys.executable, "-m", "engine", "--help"], capture_output=True, text=True, timeout=60
     )
     listed = {line.split()[0] for line in done.stdout.split("Commands:")[1].splitlines() if line}
-    assert listed == {"validate", "schema", "run", "schedule", "simulate"}
+    assert listed == {"validate", "schema", "run", "schedule", "report", "simulate"}
 
 
 def test_the_startup_benchmark_fills_its_table(tmp_path: Path) -> None:
