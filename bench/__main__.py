@@ -16,13 +16,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import overhead, scale, utilisation
+from bench import overhead, scale, startup, utilisation
 from bench.clients import CCXT, CLIENTS, ENGINE, IDEAL, REPO, Env
 from bench.report import render, write_results
 from bench.shapes import RATE_LIMIT, SHAPES, TINY, Shape
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-SECTIONS = ("utilisation", "overhead", "scale")
+SECTIONS = ("utilisation", "overhead", "scale", "startup")
+#: Runs of each start-up command, by mode.
+STARTUP_RUNS = {"smoke": 2, "quick": 15, "full": 40}
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         "--engine-args", default="", help="extra `follow-engine run` options, shell-quoted"
     )
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+    parser.add_argument(
+        "--baseline-src", type=Path, help="start-up: set this source tree's commands beside"
+    )
     args = parser.parse_args(argv)
     mode_name = args.mode or "quick"
     if args.write and mode_name != "full":
@@ -123,9 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         print("scale of input", flush=True)
         rows = scale.measure(plan.scale_sizes, plan.scale_runs, out, env, plan.repeats)
 
+    starts = ""
+    if "startup" in sections:
+        print("start-up", flush=True)
+        runs = STARTUP_RUNS[mode_name]
+        baseline = args.baseline_src.resolve() if args.baseline_src else None
+        starts = startup.table(startup.measure(runs, out, env, baseline), runs)
+
     command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     minutes = (time.monotonic() - started) / 60
     text = render(command.strip(), util, over, rows, load, minutes, plan.repeats)
+    text += f"\n\n{starts}\n" if starts else ""
     print(f"\n{text}")
     if args.markdown:
         args.markdown.write_text(text)

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     env = Env(engine_args=tuple(shlex.split(args.engine_args)))
     with SimProcess(files.accounts_json, 0.0, rate_limit=1e9, env=env.vars()) as sim:
         results = args.out / "results.jsonl"
-        engine = engine_command(files, sim.url, results, *env.engine_args, "--rate-limit", LIFTED)
+        engine = engine_command(files, sim.url, results, *env.engine_args, *LIFTED)
         command = [spy, "record", "--format", "raw", "--rate", str(args.rate)]
         command += ["--output", str(stacks), "--", *engine]
         run_measured(command, args.out, "py-spy", env=env.vars())

@@ -58,8 +58,7 @@ def measure(
         if jobs in run_sizes:
             results = out / shape.name / "results.jsonl"
             with SimProcess(files.accounts_json, 0.0, rate_limit=1e9, env=env.vars()) as sim:
-                lifted = ("--rate-limit", LIFTED)
-                argv = engine_command(files, sim.url, results, *env.engine_args, *lifted)
+                argv = engine_command(files, sim.url, results, *env.engine_args, *LIFTED)
                 run = run_measured(argv, out / "logs", f"{name}-run", env=env.vars())
                 stats = sim.stats()
             row = ScaleRow(

@@ -42,8 +42,13 @@ class KeyStats:
         return self.sent / (self.last - self.first + self.period) if self.sent else None
 
 
+#: Failed jobs kept by name for the summary: for each reason, and ambiguous ones.
+LISTED_FAILURES = 3
+
+
 @dataclass(slots=True)
 class CampaignStats:
+    #: Jobs this run was given, known before the first is sent.
     total: int = 0
     skipped: int = 0
     ok: int = 0
@@ -55,6 +60,13 @@ class CampaignStats:
     outcomes: Counter[tuple[str, int | None, str | None, int | None]] = field(
         default_factory=Counter
     )
+    #: Failed jobs by ``error``, and the first few of each.
+    errors: Counter[str] = field(default_factory=Counter)
+    error_jobs: dict[str, list[str]] = field(default_factory=dict)
+    #: Failed jobs that were ambiguous (the exchange may have taken one of their attempts),
+    #: and the first few of them.
+    ambiguous_failed: int = 0
+    first_ambiguous_failed: list[JobResult] = field(default_factory=list)
     keys: dict[str, KeyStats] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
@@ -76,6 +88,26 @@ class CampaignStats:
     @property
     def wall_seconds(self) -> float:
         return (self.ended or time.monotonic()) - self.started
+
+    def count(self, result: JobResult) -> None:
+        """Add one job's outcome to the counts the summary and ``report`` show."""
+        if result.status == "ok":
+            self.ok += 1
+        else:
+            self.failed += 1
+            error = result.error or "-"
+            self.errors[error] += 1
+            named = self.error_jobs.setdefault(error, [])
+            if len(named) < LISTED_FAILURES:
+                named.append(result.job)
+            if result.ambiguous:
+                self.ambiguous_failed += 1
+                if len(self.first_ambiguous_failed) < LISTED_FAILURES:
+                    self.first_ambiguous_failed.append(result)
+        self.ambiguous += result.ambiguous
+        self.attempts += result.attempts
+        self.retries += max(result.attempts - 1, 0)
+        self.outcomes[(result.status, result.rc, result.mc, result.http_status)] += 1
 
 
 class Collector:
@@ -104,14 +136,7 @@ class Collector:
     def finish(self, result: JobResult) -> bool:
         """Record one job's outcome. False when it could not be written."""
         stats = self.stats
-        if result.status == "ok":
-            stats.ok += 1
-        else:
-            stats.failed += 1
-        stats.ambiguous += result.ambiguous
-        stats.attempts += result.attempts
-        stats.retries += max(result.attempts - 1, 0)
-        stats.outcomes[(result.status, result.rc, result.mc, result.http_status)] += 1
+        stats.count(result)
         written = stats.write_error is None
         if written:
             try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from engine.problems import (
     format_problem,
     leader_fields,
     locate,
+    over_limit,
     redact,
     secret_uses,
 )
@@ -58,9 +60,18 @@ from engine.yamlread import (
 __all__ = ["MAX_FILE_BYTES", "JobFileError", "json_schema", "load"]
 
 
-def load(path: Path, *, api: str | None = None, env: Mapping[str, str] | None = None) -> Campaign:
-    """Read and check a job file. ``api`` overrides ``settings.api``; ``env`` defaults to
-    ``os.environ``. Raises ``JobFileError`` naming every problem found, never a secret."""
+def load(
+    path: Path,
+    *,
+    api: str | None = None,
+    env: Mapping[str, str] | None = None,
+    rate_limit: float | None = None,
+    allow_over_limit: bool = False,
+) -> Campaign:
+    """Read and check a job file. ``api`` and ``rate_limit`` (``--api``, ``--rate-limit``)
+    override ``settings``; ``env`` defaults to ``os.environ``. A rate limit above the API's
+    own is a problem, or with ``allow_over_limit`` a warning. Raises ``JobFileError`` naming
+    every problem found, never a secret."""
     if api is not None and api not in PROFILES:
         raise ValueError(f"api must be one of {', '.join(PROFILES)}, not {api!r}")
     path = Path(path)
@@ -75,7 +86,7 @@ def load(path: Path, *, api: str | None = None, env: Mapping[str, str] | None = 
             raise JobFileError(
                 [f"{where}:{line}: the job file must be a mapping of version, accounts and jobs"]
             )
-        return _campaign(path, doc, builder, api)
+        return _campaign(path, doc, builder, api, Limit(rate_limit, allow_over_limit))
 
 
 def json_schema() -> dict[str, Any]:
@@ -83,7 +94,19 @@ def json_schema() -> dict[str, Any]:
     return JobFileModel.model_json_schema()
 
 
-def _campaign(path: Path, doc: LineDict, builder: Builder, api: str | None) -> Campaign:
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """The command line's say on the rate limit."""
+
+    #: ``--rate-limit``, which wins over the file's.
+    given: float | None = None
+    #: ``--allow-over-limit``: above the API's limit is a warning, not a problem.
+    allow_over: bool = False
+
+
+def _campaign(
+    path: Path, doc: LineDict, builder: Builder, api: str | None, limit: Limit
+) -> Campaign:
     for loc, account in secret_uses(doc):
         message = f"holds the secret key of account {account}; a secret belongs in secret_key only"
         builder.problem(locate(doc, loc), loc, message)
@@ -91,7 +114,7 @@ def _campaign(path: Path, doc: LineDict, builder: Builder, api: str | None) -> C
     name = api or (settings.get("api") if isinstance(settings, dict) else None) or "v4"
     profile = PROFILES.get(name) if isinstance(name, str) else None
     if not builder.problems and profile is not None:
-        campaign = _valid_campaign(path, doc, profile, builder)
+        campaign = _valid_campaign(path, doc, profile, builder, limit)
         if campaign is not None:
             return campaign
     # Something is wrong: the whole file in one validation, to name every problem.
@@ -114,11 +137,11 @@ def _campaign(path: Path, doc: LineDict, builder: Builder, api: str | None) -> C
         raise JobFileError(
             redact([format_problem(builder.where, doc, leaders, *p) for p in problems], doc)
         )
-    return _build(path, doc, model, model.jobs, profile, builder)
+    return _build(path, doc, model, model.jobs, profile, builder, limit)
 
 
 def _valid_campaign(
-    path: Path, doc: LineDict, profile: ApiProfile, builder: Builder
+    path: Path, doc: LineDict, profile: ApiProfile, builder: Builder, limit: Limit
 ) -> Campaign | None:
     """The campaign, built one job at a time; None at the first sign of a problem."""
     found: list[Loc] = []
@@ -128,7 +151,7 @@ def _valid_campaign(
         if found:
             return None
         job_models = (JobModel.model_validate(job) for job in header.jobs)
-        return _build(path, doc, header, job_models, profile, builder)
+        return _build(path, doc, header, job_models, profile, builder, limit)
     except ValidationError:
         return None
 
@@ -140,11 +163,26 @@ def _build(
     job_models: Iterable[JobModel],
     profile: ApiProfile,
     builder: Builder,
+    limit: Limit,
 ) -> Campaign:
     given = model.settings or SettingsModel()
+    rate_limit = limit.given or given.rate_limit or profile.rate_limit
+    warnings = list(_secret_warnings(doc, model, builder))
+    over = over_limit(rate_limit, profile)
+    if over is not None:
+        where = (
+            f"{builder.where}: --rate-limit"
+            if limit.given
+            else f"{builder.where}:{locate(doc, ('settings', 'rate_limit'))}: settings.rate_limit"
+        )
+        if not limit.allow_over:
+            raise JobFileError(
+                [f"{where}: {over}; lower it, or pass --allow-over-limit if XT raised your limit"]
+            )
+        warnings.append(f"{where}: {over}, allowed by --allow-over-limit")
     settings = Settings(
         api=profile,
-        rate_limit=profile.rate_limit if given.rate_limit is None else given.rate_limit,
+        rate_limit=rate_limit,
         concurrency=given.concurrency,
         max_attempts=given.max_attempts,
         timeout=given.timeout,
@@ -168,7 +206,7 @@ def _build(
         },
         jobs=jobs,
         schedule=schedule,
-        warnings=tuple(printable(w) for w in _secret_warnings(doc, model, builder)),
+        warnings=tuple(printable(w) for w in warnings),
     )
 
 

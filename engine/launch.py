@@ -9,34 +9,31 @@ prints except the stop notice a person needs when pressing Ctrl-C.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import resource
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO, TypeVar
 
 from rich.console import Console
-from yarl import URL
 
 from engine.campaign import Campaign, FollowJob
 from engine.client import PreparedRequest, XtClient
 from engine.clock import Clock, iso_utc, wall_clock
 from engine.collector import CampaignStats, Collector
+from engine.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from engine.pool import WorkerPool, local_limits
 from engine.preflight import preflight
 from engine.reconcile import Reader, reconcile, reconciled_line
 from engine.report import ProgressDisplay, print_summary
-from engine.results import CampaignLock, JobResult, ResultLog
+from engine.results import CampaignLock, JobResult, ResultLog, read_results
 from engine.signals import StopSignals
 from engine.simulator import SimConfig, Simulator
 from engine.sources import JobProgress, MemorySource
 
 T = TypeVar("T")
-#: Exit codes: every job ok; some job failed; invalid input or usage (nothing sent); stopped.
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 #: Skipped lines of the results file named one by one; a file full of them gets a count.
 MAX_LINE_WARNINGS = 20
@@ -45,10 +42,6 @@ WATCH_INTERVAL = 0.5
 #: Open files a run needs besides its connections: standard streams, the results file,
 #: the event loop's own, the simulator's listening socket.
 SPARE_FILES = 64
-
-
-class InsecureTransportError(Exception):
-    """Credentials would cross a network in clear text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,49 +66,43 @@ def default_results_path(jobs_file: Path) -> Path:
     return jobs_file.with_suffix(".results.jsonl")
 
 
-def check_transport(base_url: str, insecure: bool) -> str | None:
-    """Refuse plain http:// beyond loopback unless ``insecure``; return a warning if allowed.
+@dataclass(frozen=True, slots=True)
+class DryRun:
+    """What a run would send now: each job with its request, signed now, sent never."""
 
-    The host is read as aiohttp will read it (yarl), not by a second parser that might
-    see loopback where aiohttp sees another host. A URL yarl cannot read is refused.
-    """
+    requests: list[tuple[FollowJob, PreparedRequest]]
+    #: Jobs left out because the results file has them ok already.
+    skipped: int
+
+
+def dry_run(campaign: Campaign, results: Path, fresh: bool = False) -> DryRun:
+    """The requests a run would send first. ``results`` is only read: neither locked (a run
+    may hold it) nor created. Raises ``ResultsFileError`` when it cannot be read."""
     try:
-        url = URL(base_url)
-        host = url.host
-    except ValueError:
-        host = None
-    if host is None or url.scheme not in ("http", "https"):
-        raise InsecureTransportError(
-            f"{base_url!r}: not an http(s) URL with a host, such as https://sapi.xt.com"
-        )
-    if url.scheme == "https" or _is_loopback(host):
-        return None
-    if not insecure:
-        raise InsecureTransportError(
-            f"{base_url}: refusing to send API keys and signatures over plain http:// to a "
-            "host that is not loopback; use https:// or pass --insecure"
-        )
-    return f"warning: sending credentials over plain http:// to {host} (--insecure)"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def dry_run(campaign: Campaign) -> list[PreparedRequest]:
-    """The requests a run would send first, signed now, sent never."""
+        done = set() if fresh else read_results(results).ok_jobs()
+    except FileNotFoundError:
+        done = set()
+    jobs = pending(campaign.jobs, done)
     settings = campaign.settings
-    client = XtClient(campaign.base_url, settings.api, recv_window_ms=settings.recv_window_ms)
-    accounts = campaign.accounts
-    return [
-        client.prepare(accounts[j.account].api_key, accounts[j.account].secret_key, j.params)
-        for j in campaign.jobs
-    ]
+    client = XtClient(
+        campaign.base_url,
+        settings.api,
+        recv_window_ms=settings.recv_window_ms,
+        headers=settings.headers,
+    )
+
+    def request(job: FollowJob) -> PreparedRequest:
+        account = campaign.accounts[job.account]
+        if job.action == "unfollow":
+            return client.prepare_cancel(account.api_key, account.secret_key, job.leader_id)
+        return client.prepare(account.api_key, account.secret_key, job.params)
+
+    return DryRun([(job, request(job)) for job in jobs], len(campaign.jobs) - len(jobs))
+
+
+def pending(jobs: Iterable[FollowJob], done: Container[str]) -> list[FollowJob]:
+    """The jobs a run sends: those not already ok (``done``)."""
+    return [job for job in jobs if job.id not in done]
 
 
 def fit_open_files(concurrency: int, per_request: int = 1) -> tuple[int, str | None]:
@@ -161,7 +148,7 @@ async def launch_campaign(campaign: Campaign, options: LaunchOptions) -> Campaig
         if (more := len(past.warnings) - MAX_LINE_WARNINGS) > 0:
             print(f"warning: {options.results}: {more} more lines skipped", file=sys.stderr)
         done, uncertain = past.ok_jobs(), past.uncertain_jobs()
-        jobs = [job for job in campaign.jobs if job.id not in done]
+        jobs = pending(campaign.jobs, done)
         # Never more in flight than jobs to run; an in-process simulator holds the other end
         # of every connection.
         wanted = min(campaign.settings.concurrency, max(1, len(jobs)))
@@ -171,6 +158,7 @@ async def launch_campaign(campaign: Campaign, options: LaunchOptions) -> Campaig
             campaign = replace(campaign, settings=replace(campaign.settings, concurrency=fits))
         collector = Collector(log, on_result=options.on_result)
         collector.stats.skipped = len(campaign.jobs) - len(jobs)
+        # Known before anything starts, so that progress shows the whole run from the first.
         collector.stats.total = len(jobs)
         async with AsyncExitStack() as stack:
             # Entered first so that it is left last: no moment of the run without a handler.
@@ -242,6 +230,10 @@ async def _preflight(
     report = await preflight(client, reader, (campaign.accounts[name] for name in names))
     if (note := report.clock_note()) is not None:
         print(f"check: {note}", file=sys.stderr, flush=True)
+    for item in report.accounts:
+        if item.unchecked is not None:
+            note = f"could not check account {item.account} ({item.unchecked}): going ahead"
+            print(f"check: {note}", file=sys.stderr, flush=True)
     for account, problem in report.problems.items():
         print(f"check: {problem.removeprefix('not sent: ')}", file=sys.stderr, flush=True)
         pool.disable_account(account, problem)

@@ -14,7 +14,6 @@ import re
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -30,8 +29,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from engine import cron
 from engine.campaign import Settings
+from engine.urls import base_url_problem
 
 #: XT's ids are Java longs; a larger number would be mangled by the exchange.
 MAX_LEADER_ID = 2**63 - 1
@@ -148,17 +147,15 @@ def _symbols(value: object) -> tuple[str, ...]:
 
 
 def _base_url(value: str) -> str:
-    try:
-        parts = urlsplit(value)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:
-        ok = False
-    if not ok or parts.query or parts.fragment or parts.username or parts.password:
-        raise _error("url", "must be an http(s) URL such as https://sapi.xt.com")
+    problem = base_url_problem(value)
+    if problem is not None:
+        raise _error("url", problem)
     return value.rstrip("/")
 
 
 def _cron(value: str) -> str:
+    from engine import cron  # only a file with schedule.cron pays for croniter
+
     if len(value.split()) != 5 or not cron.is_valid(value):
         raise _error("cron", "must be a 5-field cron expression such as '0 9 * * mon-fri'")
     if not cron.ever_fires(value):

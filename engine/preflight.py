@@ -3,10 +3,10 @@
 One signed ``GET user-status`` per account (2/s per IP, through the run's limits) says
 whether the key works (else ``AUTH_*``: a wrong secret, an IP not whitelisted, the header
 spelling) and whether the account is a ``LEADER``, which XT refuses follows from
-(``COPY_TRADE_SPOT_001``/``007``). An account that fails the check has its jobs fail
-unsent with the reason; the others go ahead. Without it, a bad key spends its first
-burst of follows before the engine learns. XT's clock is read first and signed with from
-then on, so a local clock that is off does not fail every account.
+(``COPY_TRADE_SPOT_001``/``007``). An account XT so refuses has its jobs fail unsent with
+the reason; the others go ahead, and so does one that got no answer at all. Without it,
+a bad key spends its first burst of follows before the engine learns. XT's clock is read
+first and signed with from then on, so a local clock that is off fails no account.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ class AccountCheck:
     role: str | None
     #: Why the account's jobs may not be sent; None when they may.
     problem: str | None = None
+    #: Why the account could not be checked (no answer came): its jobs go ahead, and meet
+    #: whatever kept the check from an answer themselves.
+    unchecked: str | None = None
 
 
 @dataclass
@@ -73,6 +76,8 @@ async def _check(reader: Reader, account: Account) -> AccountCheck:
     try:
         role = await reader.read(account, USER_STATUS_PATH)
     except ReadError as exc:
+        if exc.code is None:  # no answer from XT: nothing it said stops the account
+            return AccountCheck(name, None, unchecked=str(exc))
         what = "clock too far off: " if exc.code == "AUTH_105" else ""
         return AccountCheck(name, None, f"not sent: check of account {name} failed: {what}{exc}")
     if role == "LEADER":

@@ -10,12 +10,15 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from engine.models import FOLLOW_FIELDS, MANDATORY_FIELDS, SECTIONS, WHEN, JobFileModel
 from engine.profiles import LEADER_FIELDS, ApiProfile
 from engine.yamlread import LineDict, LineList, Loc, printable
 
+#: A mandatory field missing from more jobs than this is reported once, not once per job.
+MAX_MISSING_LISTED = 3
 #: A secret shorter than this is no real key, and blotting it out would garble messages.
 MIN_SECRET = 6
 
@@ -80,6 +83,12 @@ def redact(messages: list[str], doc: LineDict) -> list[str]:
     return messages
 
 
+def _close(word: str, choices: Iterable[str]) -> list[str]:
+    """The choice ``word`` most likely misspells, if any."""
+
+    return difflib.get_close_matches(word, choices, n=1)
+
+
 def describe(error: Any) -> str:
     """A pydantic error in words the file's author can act on."""
     kind, loc = error["type"], error["loc"]
@@ -88,7 +97,7 @@ def describe(error: Any) -> str:
         model = SECTIONS.get(parent[0]) if parent else JobFileModel
         depth = 2 if parent[:1] in (("accounts",), ("jobs",)) else 1
         keys = model.model_fields if model and len(parent) in (0, depth) else ()
-        close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+        close = _close(str(loc[-1]), keys)
         return "unknown key" + (f"; did you mean {close[0]}?" if close else "")
     if kind == "timezone_aware" or kind.startswith("datetime"):
         return f"must be {WHEN}"
@@ -173,17 +182,30 @@ def _job_id(job: object, leaders: tuple[str, ...]) -> str | None:
     return _text(job.get("id"))
 
 
+def over_limit(rate_limit: float, profile: ApiProfile) -> str | None:
+    """Why ``rate_limit`` is more than XT allows under ``profile``, or None."""
+    if rate_limit <= profile.rate_limit:
+        return None
+    scope = "per IP, all keys together" if profile.per_ip else "per API key"
+    return (
+        f"{rate_limit:g} requests/s is above the {profile.name} API's limit of "
+        f"{profile.rate_limit:g} requests/s {scope}"
+    )
+
+
 def check_jobs(doc: LineDict, profile: ApiProfile | None, add: Any) -> None:
     """The rules that need defaults merged in or the whole list: on the raw data, so they
     are reported together with whatever else is wrong."""
     jobs, defaults, accounts = doc.get("jobs"), doc.get("defaults"), doc.get("accounts")
     if not isinstance(jobs, LineList):
         return
+    explained = _explained_by_defaults(defaults)
     defaults = defaults if isinstance(defaults, dict) else {}
     names = {_text(name) for name in accounts} if isinstance(accounts, dict) else None
     leaders = leader_fields(profile)
     seen: dict[str, int] = {}
     follows: dict[tuple[str, int], int] = {}
+    missing: dict[str, list[int]] = {field: [] for field in MANDATORY_FIELDS}
     for i, job in enumerate(jobs):
         if not isinstance(job, dict):
             continue
@@ -197,7 +219,7 @@ def check_jobs(doc: LineDict, profile: ApiProfile | None, add: Any) -> None:
         else:
             for field in MANDATORY_FIELDS:
                 if (job[field] if field in job else defaults.get(field)) is None:
-                    add(("jobs", i, field), "required: set it in the job or in defaults")
+                    missing[field].append(i)
         if profile is not None:
             wrong = [field for field in leaders[1:] if field in job]
             for field in wrong:
@@ -223,3 +245,30 @@ def check_jobs(doc: LineDict, profile: ApiProfile | None, add: Any) -> None:
                     f"account {account} follows leader {leader} twice: jobs[{first}] at line "
                     f"{line} and jobs[{i}] at line {jobs.item_lines[i]}",
                 )
+    for field, where in missing.items():
+        if field in explained:
+            continue
+        if len(where) <= MAX_MISSING_LISTED:
+            for i in where:
+                add(("jobs", i, field), "required: set it in the job or in defaults")
+            continue
+        named = ", ".join(f"jobs[{i}] (line {jobs.item_lines[i]})" for i in where[:3])
+        loc: Loc = ("defaults", field) if "defaults" in doc else ("jobs",)
+        lack = f"{len(where)} of {len(jobs)} jobs lack it: {named}, ..."
+        prefix = "" if "defaults" in doc else f"{field}: "
+        add(loc, f"{prefix}required: set it in defaults or in each job; {lack}")
+
+
+def _explained_by_defaults(defaults: object) -> set[str]:
+    """Mandatory fields whose absence a problem of ``defaults`` already explains: a key that
+    is not a mapping, or a misspelt key (``followtype``) whose "did you mean" names them."""
+    if defaults is None:
+        return set()
+    if not isinstance(defaults, dict):
+        return set(MANDATORY_FIELDS)
+    return {
+        close
+        for key in defaults
+        if key not in FOLLOW_FIELDS
+        for close in _close(str(key), FOLLOW_FIELDS)
+    }

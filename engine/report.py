@@ -1,5 +1,9 @@
 """What a person sees: a countdown before a start, progress while a campaign runs, a summary
-and an exit code when it ends. Every time shown is ISO 8601 UTC."""
+and an exit code when it ends. Every time shown is ISO 8601 UTC.
+
+The summary's tables are lists of rows (dicts) so that ``follow-engine report`` shows, writes
+as JSON and draws in HTML the very same ones.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,23 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -26,29 +41,54 @@ PLAIN_INTERVAL = 5.0
 PLAIN_COUNTDOWN_INTERVAL = 600.0
 #: Busiest keys listed in the summary.
 TOP_KEYS = 5
+#: Failure reasons listed in the summary; the rest are counted.
+TOP_ERRORS = 10
+
+Row = dict[str, Any]
+
+
+class _RateColumn(ProgressColumn):
+    """Jobs finished per second, over rich's recent samples."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("- jobs/s" if speed is None else f"{speed:.1f} jobs/s")
 
 
 class ProgressDisplay:
-    """A bar on a terminal; a plain line every few seconds anywhere else."""
+    """A bar on a terminal; a plain line every few seconds anywhere else. Both show the
+    jobs finished of the run's total, ok and failed, the rate, elapsed time and time left."""
 
-    def __init__(self, stats: CampaignStats, stream: TextIO = sys.stderr) -> None:
+    def __init__(
+        self,
+        stats: CampaignStats,
+        stream: TextIO = sys.stderr,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.stats = stats
         self.stream = stream
+        self.clock = clock
         self._bar: Progress | None = None
-        self._task = None
-        self._last_line = time.monotonic()
+        self._task: TaskID | None = None
+        self._started = self._last_line = clock()
 
     def start(self) -> None:
+        self._started = self._last_line = self.clock()
         console = Console(file=self.stream)
-        if console.is_terminal:
+        if console.is_terminal and self.stats.total:
             self._bar = Progress(
                 TextColumn("following"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("ok {task.fields[ok]} failed {task.fields[failed]}"),
+                _RateColumn(),
                 TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
                 console=console,
                 transient=True,
+                get_time=self.clock,
             )
             self._task = self._bar.add_task("jobs", total=self.stats.total, ok=0, failed=0)
             self._bar.start()
@@ -57,26 +97,113 @@ class ProgressDisplay:
         stats = self.stats
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, completed=stats.finished, ok=stats.ok, failed=stats.failed)
-        elif (now := time.monotonic()) - self._last_line >= PLAIN_INTERVAL:
+        elif (now := self.clock()) - self._last_line >= PLAIN_INTERVAL:
             self._last_line = now
-            print(_progress_line(stats), file=self.stream, flush=True)
+            print(progress_line(stats, now - self._started), file=self.stream, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
 
 
-def _progress_line(stats: CampaignStats) -> str:
-    return (
+def progress_line(stats: CampaignStats, elapsed: float) -> str:
+    line = (
         f"progress: {stats.finished}/{stats.total} finished (ok {stats.ok}, "
-        f"failed {stats.failed}) in {stats.wall_seconds:.1f} s"
+        f"failed {stats.failed}) in {elapsed:.1f} s"
+    )
+    if stats.finished and elapsed > 0:
+        rate = stats.finished / elapsed
+        left = (stats.total - stats.finished) / rate
+        line += f", {rate:.1f} jobs/s, about {duration(left)} left"
+    return line
+
+
+#: What "ambiguous" means, for a person deciding what to do.
+AMBIGUOUS_MEANS = (
+    "An ambiguous job had a request that left but got no clear answer (a timeout, a dropped "
+    "connection): the exchange may have acted on it, and the engine asked again."
+)
+
+
+def ambiguous_note(ambiguous: int, ambiguous_failed: int) -> str:
+    """``ambiguous`` jobs, ``ambiguous_failed`` of them failed, in words a person acts on."""
+    ok = ambiguous - ambiguous_failed
+    note = f"{ambiguous} ambiguous ({ok} ok, {ambiguous_failed} failed). {AMBIGUOUS_MEANS}"
+    if ok:
+        note += " Those that ended ok need nothing."
+    if ambiguous_failed:
+        note += (
+            " Check those that failed on XT before sending them again: they may be in place"
+            " already."
+        )
+    return note
+
+
+def outcome_rows(stats: CampaignStats) -> list[Row]:
+    """Jobs by status, ``rc``, ``mc`` and HTTP status, most common first."""
+    return [
+        {"status": status, "rc": rc, "mc": mc, "http_status": http, "jobs": count}
+        for (status, rc, mc, http), count in stats.outcomes.most_common()
+    ]
+
+
+def error_rows(stats: CampaignStats, limit: int | None = None) -> list[Row]:
+    """Failed jobs by reason, most common first, with the first few of each."""
+    return [
+        {"error": error, "jobs": count, "first_jobs": stats.error_jobs[error]}
+        for error, count in stats.errors.most_common(limit)
+    ]
+
+
+def job_rows(results: Iterable[JobResult], *, outcome: bool = True) -> list[Row]:
+    """One row per job, for a person: who, how it ended (unless the title says: not
+    ``outcome``) and why."""
+    rows = []
+    for r in results:
+        row: Row = {"job": r.job, "account": r.account}
+        if outcome:
+            row |= {"status": r.status, "ambiguous": "yes" if r.ambiguous else "no"}
+        rows.append(row | {"attempts": r.attempts, "error": r.error})
+    return rows
+
+
+def print_rows(console: Console, title: str, rows: Sequence[Row]) -> None:
+    """``rows`` as a table, their keys as its head; nothing when there are none."""
+    if not rows:
+        return
+    table = Table(title=title, title_justify="left")
+    for name in rows[0]:
+        # Folded, never cut short: a job id or a reason is copied from here; a job id whole.
+        width = min(_widest(rows, name), 40) if name == "job" else None
+        table.add_column(name.replace("_", " "), overflow="fold", min_width=width)
+    for row in rows:
+        table.add_row(*(cell(value) for value in row.values()))
+    console.print(table)
+
+
+def print_outcomes(console: Console, stats: CampaignStats) -> None:
+    """The outcome tables the run summary and ``report`` share."""
+    if stats.ambiguous:
+        console.print(ambiguous_note(stats.ambiguous, stats.ambiguous_failed), highlight=False)
+    print_rows(console, "outcomes", outcome_rows(stats))
+    reasons = error_rows(stats, TOP_ERRORS)
+    more = len(stats.errors) - len(reasons)
+    print_rows(console, "failures by reason" + (f" ({more} more)" if more > 0 else ""), reasons)
+    count = stats.ambiguous_failed
+    shown = len(stats.first_ambiguous_failed)
+    print_rows(
+        console,
+        f"failed after an ambiguous attempt: {count}"
+        + (f" (the first {shown})" if shown < count else "")
+        + "; check them on XT before sending them again",
+        job_rows(stats.first_ambiguous_failed, outcome=False),
     )
 
 
 def print_summary(stats: CampaignStats, rate_limit: float, console: Console) -> None:
     head = f"{stats.total} jobs: {stats.ok} ok, {stats.failed} failed"
     if stats.ambiguous:
-        head += f" ({stats.ambiguous} ambiguous: check them on the exchange)"
+        head += f" ({stats.ambiguous} ambiguous, see below)"
     if stats.skipped:
         head += f"; {stats.skipped} skipped, already ok"
     not_started = stats.total - stats.finished
@@ -88,13 +215,7 @@ def print_summary(stats: CampaignStats, rate_limit: float, console: Console) -> 
         f"wall time {stats.wall_seconds:.2f} s",
         highlight=False,
     )
-    if stats.outcomes:
-        outcomes = Table(
-            "status", "rc", "mc", "http", "jobs", title="outcomes", title_justify="left"
-        )
-        for (status, rc, mc, http), count in stats.outcomes.most_common():
-            outcomes.add_row(status, _cell(rc), _cell(mc), _cell(http), str(count))
-        console.print(outcomes)
+    print_outcomes(console, stats)
     rates = {label: r for label, r in ((k.label, k.rate) for k in stats.keys.values()) if r}
     if rates:
         values = sorted(rates.values())
@@ -111,7 +232,14 @@ def print_summary(stats: CampaignStats, rate_limit: float, console: Console) -> 
         console.print(table)
 
 
-def _cell(value: object) -> str:
+def _widest(rows: Sequence[Row], name: str) -> int:
+    return max(len(name), *(len(cell(row[name])) for row in rows))
+
+
+def cell(value: object) -> str:
+    """A table cell as text: ``-`` for nothing, a list joined."""
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
     return "-" if value is None else str(value)
 
 

@@ -277,3 +277,19 @@ class ResultLog:
                 os.fsync(file.fileno())
             with contextlib.suppress(OSError):
                 file.close()
+
+
+def read_results(path: Path) -> PastResults:
+    """Each job's whole last line, read as the file is now, to look at a campaign
+    (``report``, ``run --dry-run``): neither locked nor created, so it works beside a run.
+    Raises ``FileNotFoundError`` for a missing file and ``ResultsFileError`` for one that
+    cannot be read."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block, /dev/zero never end
+            raise ResultsFileError(f"{path}: not a regular file")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ResultsFileError(f"{path}: cannot read results file: {exc.strerror}") from None
+    return parse_results(data.decode("utf-8", "replace").split("\n"), str(path))

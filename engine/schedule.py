@@ -25,17 +25,13 @@ from rich.console import Console
 from engine import cron
 from engine.campaign import Campaign, Schedule
 from engine.clock import Clock, iso_utc
+from engine.exits import EXIT_INTERRUPTED, EXIT_USAGE
 from engine.jobfile import JobFileError
-from engine.launch import (
-    EXIT_INTERRUPTED,
-    EXIT_USAGE,
-    InsecureTransportError,
-    LaunchOptions,
-    launch_and_report,
-)
+from engine.launch import LaunchOptions, launch_and_report
 from engine.report import Countdown
 from engine.results import CampaignLock, ResultLog, ResultsFileError
 from engine.signals import StopSignals
+from engine.urls import InsecureTransportError
 
 #: A firing missed by less than this still runs: system cron or a systemd timer starts
 #: ``schedule --once`` a moment after the minute it fires at.

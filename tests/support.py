@@ -81,7 +81,9 @@ async def run_against(
             runner = WorkerPool(campaign, client, collector, rng=random.Random(7))
             if on_runner is not None:
                 on_runner(runner)
-            outcome.stats = await runner.process(j for j in campaign.jobs if j.id not in done)
+            jobs = [j for j in campaign.jobs if j.id not in done]
+            collector.stats.total = len(jobs)
+            outcome.stats = await runner.process(jobs)
     finally:
         log.close()
     return outcome

@@ -98,6 +98,7 @@ async def test_kill_9_at_random_points_loses_nothing_and_resends_only_what_was_i
         str(results),
         "--rate-limit",
         str(RATE),
+        "--allow-over-limit",
         "--concurrency",
         str(CONCURRENCY),
     )

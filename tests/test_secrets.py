@@ -17,10 +17,10 @@ from click.testing import CliRunner
 
 from engine.cli import main
 from engine.client import NotSentError, XtClient
-from engine.launch import InsecureTransportError, check_transport
 from engine.profiles import V4
 from engine.signing import sign, signature_payload
 from engine.simulator import SimConfig, Simulator
+from engine.urls import InsecureTransportError, check_transport
 from tests.procs import (
     BASE_LEADER,
     Finished,
@@ -318,7 +318,7 @@ def test_the_cli_refuses_plain_http_before_connecting(
     )
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
-    assert re.search("refusing to send API keys|not an http", result.stderr)
+    assert re.search("refusing to send API keys|not an http|must be an http", result.stderr)
     assert not results.exists()
 
 
