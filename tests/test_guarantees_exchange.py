@@ -23,7 +23,7 @@ from aioresponses import aioresponses
 from rich.console import Console
 
 from engine.campaign import Campaign
-from engine.client import XtClient, retry_after
+from engine.client import Answer, Envelope, XtClient, retry_after
 from engine.collector import CampaignStats, Collector
 from engine.jobfile import JobFileError, load
 from engine.launch import LaunchOptions, launch_and_report
@@ -134,6 +134,42 @@ async def test_a_widened_margin_holds_back_a_request_already_sent() -> None:
     assert limiter.widen() == pytest.approx(0.1)
     await limiter.acquire()
     assert loop.time() - start == pytest.approx(1.1)
+
+
+class Throttled:
+    """An exchange (in place of the client) that answers 429 to the first ``refused``
+    requests and ok to the rest."""
+
+    def __init__(self, refused: int) -> None:
+        self.refused = refused
+        self.calls = 0
+
+    async def follow(self, api_key: str, secret: str, params: Any, on_sent: Any) -> Answer:
+        on_sent()
+        self.calls += 1
+        if self.calls <= self.refused:
+            return Answer(429, None)
+        return Answer(200, Envelope(0, "SUCCESS", [], True))
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize(("bursts", "margin"), [(1, 0.1), (2, 0.2)])
+async def test_a_burst_of_429s_widens_the_margin_once(
+    tmp_path: Path, bursts: int, margin: float
+) -> None:
+    """Ten 429s to ten requests sent under one margin say once that it was too small: the
+    margin doubles once, not ten times (to 100 %, half the key's rate for the rest of the
+    run). The retries, sent under the wider margin, may widen it again."""
+    rate = 10
+    campaign = support.make_campaign({"alice": rate}, tmp_path, rate_limit=rate)
+    log = ResultLog(tmp_path / "r.jsonl")
+    log.open()
+    exchange = Throttled(refused=bursts * rate)
+    pool = WorkerPool(campaign, exchange, Collector(log), rng=random.Random(3))  # type: ignore[arg-type]
+    stats = await pool.process(campaign.jobs)
+    log.close()
+    assert stats.ok == rate
+    assert stats.keys["key-alice"].margin == pytest.approx(margin)
 
 
 class Link:
