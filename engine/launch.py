@@ -197,7 +197,7 @@ async def launch_campaign(campaign: Campaign, options: LaunchOptions) -> Campaig
             if options.on_start is not None:
                 options.on_start(collector.stats)
             reader = Reader(client, limits, settings, halted=lambda: signals.requested)
-            if options.preflight and jobs:
+            if options.preflight and jobs and not signals.requested:
                 await _preflight(client, reader, campaign, jobs, pool)
             work = await _settle_uncertain(reader, campaign, jobs, uncertain, collector, options)
             stats = await pool.serve(MemorySource(work, options.clock))

@@ -49,6 +49,9 @@ class _Key:
     stats: KeyStats
     #: Set when the limit's remaining jobs are to fail unsent, and why.
     disabled: str | None = None
+    #: Loop time the limiter's margin was last widened: a 429 to a request admitted before
+    #: then tells of the old margin only, already widened.
+    widened_at: float = float("-inf")
 
 
 @dataclass(slots=True, eq=False)
@@ -59,6 +62,8 @@ class _Job:
     account: Account
     key: _Key
     in_flight: bool = False
+    #: Loop time the limiter admitted the current attempt.
+    admitted_at: float = 0.0
     #: The current attempt's request was written to the connection.
     left: bool = False
     latency: float | None = None
@@ -186,7 +191,8 @@ class WorkerPool:
                 key.limiter.release(lane)
                 self._slots.release()
                 continue
-            key.stats.sent_at(loop.time())
+            job.admitted_at = loop.time()
+            key.stats.sent_at(job.admitted_at)
             job.in_flight = True
             self._spawn(self._attempt(key, job, lane), self._in_flight)
 
@@ -261,8 +267,9 @@ class WorkerPool:
         key.limiter.sent(lane)
 
     async def _carry_out(self, key: _Key, job: _Job, step: Step) -> None:
-        if step.widen_margin:
+        if step.widen_margin and job.admitted_at > key.widened_at:
             key.stats.margin = key.limiter.widen()
+            key.widened_at = asyncio.get_running_loop().time()
         if step.pause_key:
             key.limiter.pause(step.pause_key)
         if step.disable_account:

@@ -230,6 +230,14 @@ def print_summary(stats: CampaignStats, rate_limit: float, console: Console) -> 
         for key in busiest:
             table.add_row(key.label, str(key.sent), f"{key.rate:.2f}" if key.rate else "-")
         console.print(table)
+    widened = [key for key in stats.keys.values() if key.margin is not None]
+    if widened:
+        margins = ", ".join(f"{key.label} {key.margin:.0%}" for key in widened[:TOP_KEYS])
+        more = f" and {len(widened) - TOP_KEYS} more" if len(widened) > TOP_KEYS else ""
+        console.print(
+            f"margin widened after HTTP 429 (network jitter?): {margins}{more}",
+            highlight=False,
+        )
 
 
 def _widest(rows: Sequence[Row], name: str) -> int:
