@@ -17,18 +17,16 @@ from pathlib import Path
 from engine.launch import MAX_LINE_WARNINGS
 from engine.profiles import TIME_PATH
 from engine.simulator import SimConfig, Simulator
-from tests.procs import (
-    Finished,
-    accounts_table,
+from tests.support import (
+    Engines,
+    StartSimulator,
+    WriteJobs,
+    accounts_of,
     engine_env,
-    finish,
-    job_file,
     job_ids,
     key_of,
     last_lines,
     ok_jobs,
-    run_engine,
-    spawn,
 )
 
 SEED = 20261125
@@ -83,10 +81,12 @@ def tear_last_line(results: Path) -> str | None:
 
 async def test_kill_9_at_random_points_loses_nothing_and_resends_only_what_was_in_flight(
     tmp_path: Path,
+    simulator: StartSimulator,
+    write_jobs: WriteJobs,
+    engine: Engines,
 ) -> None:
     rng = random.Random(SEED)
-    jobs = tmp_path / "jobs.yaml"
-    jobs.write_text(job_file(ACCOUNTS))
+    jobs = write_jobs(ACCOUNTS)
     results = tmp_path / "jobs.results.jsonl"
     ids = job_ids(ACCOUNTS)
     env = engine_env(ACCOUNTS)
@@ -102,45 +102,43 @@ async def test_kill_9_at_random_points_loses_nothing_and_resends_only_what_was_i
     )
     kills: list[Kill] = []
     config = SimConfig(latency=0.01, rate_limit=RATE)
-    async with Simulator(accounts_table(ACCOUNTS), config) as sim:
-        url = ("--base-url", sim.base_url or "")
-        for number in range(KILLS):
-            first = len(sim.arrivals)
-            out, err = tmp_path / f"kill{number}.out", tmp_path / f"kill{number}.err"
-            process = await spawn(*args, *url, env=env, out=out, err=err)
-            if number % 6 == 5:
-                # Anywhere in start-up: reading the job file, opening the results file, the
-                # first requests.
-                await asyncio.sleep(rng.uniform(0.0, 0.8))
-            else:
-                arrived = asyncio.ensure_future(
-                    sim.wait_for_arrivals(first + rng.randint(1, 3 * CONCURRENCY))
-                )
-                exited = asyncio.ensure_future(process.wait())
-                await asyncio.wait(
-                    {arrived, exited}, timeout=30, return_when=asyncio.FIRST_COMPLETED
-                )
-                arrived.cancel()
-                exited.cancel()
-                assert process.returncode is None, "the engine ended before its kill point"
-                # Then the kill lands anywhere: between sends, mid-answer, mid-record.
-                await asyncio.sleep(rng.uniform(0.0, 0.01))
-            process.kill()
-            killed = await finish(process, out, err)
-            assert "Traceback" not in killed.err
-            await quiet(sim)
-            torn = tear_last_line(results) if rng.random() < 0.3 else None
-            sent = [ids[a.leader_id] for a in sim.arrivals[first:] if a.path != TIME_PATH]
-            assert len(sent) == len(set(sent)), "a run sent one job twice"
-            ok_before = kills[-1].ok_after if kills else set()
-            assert not set(sent) & ok_before, "a job already ok was sent again"
-            kills.append(Kill(set(sent), ok_jobs(results), torn))
-
+    sim = await simulator(accounts_of(ACCOUNTS), config)
+    url = ("--base-url", sim.base_url or "")
+    for number in range(KILLS):
         first = len(sim.arrivals)
-        final = await run_engine(*args, *url, env=env, workdir=tmp_path, name="final")
-        assert final.code == 0, final.err
-        final_sent = {ids[a.leader_id] for a in sim.arrivals[first:]}
-        assert not final_sent & kills[-1].ok_after, "a job already ok was sent again"
+        running = await engine.start(*args, *url, env=env, name=f"kill{number}")
+        process = running.process
+        if number % 6 == 5:
+            # Anywhere in start-up: reading the job file, opening the results file, the
+            # first requests.
+            await asyncio.sleep(rng.uniform(0.0, 0.8))
+        else:
+            arrived = asyncio.ensure_future(
+                sim.wait_for_arrivals(first + rng.randint(1, 3 * CONCURRENCY))
+            )
+            exited = asyncio.ensure_future(process.wait())
+            await asyncio.wait({arrived, exited}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            arrived.cancel()
+            exited.cancel()
+            assert process.returncode is None, "the engine ended before its kill point"
+            # Then the kill lands anywhere: between sends, mid-answer, mid-record.
+            await asyncio.sleep(rng.uniform(0.0, 0.01))
+        process.kill()
+        killed = await running.finish()
+        assert "Traceback" not in killed.err
+        await quiet(sim)
+        torn = tear_last_line(results) if rng.random() < 0.3 else None
+        sent = [ids[a.leader_id] for a in sim.arrivals[first:] if a.path != TIME_PATH]
+        assert len(sent) == len(set(sent)), "a run sent one job twice"
+        ok_before = kills[-1].ok_after if kills else set()
+        assert not set(sent) & ok_before, "a job already ok was sent again"
+        kills.append(Kill(set(sent), ok_jobs(results), torn))
+
+    first = len(sim.arrivals)
+    final = await engine.run(*args, *url, env=env, name="final")
+    assert final.code == 0, final.err
+    final_sent = {ids[a.leader_id] for a in sim.arrivals[first:]}
+    assert not final_sent & kills[-1].ok_after, "a job already ok was sent again"
 
     torn = sum(k.torn is not None for k in kills)
     assert torn >= 3, "too few torn lines for this test to mean much"
@@ -178,25 +176,21 @@ async def test_kill_9_at_random_points_loses_nothing_and_resends_only_what_was_i
 SMALL = {"alice": 20, "bob": 20}
 
 
-async def _second_engine(tmp_path: Path, *extra: str) -> tuple[Finished, Finished, Simulator]:
-    """A first engine holding the results file mid-run, and a second started on it."""
-    jobs = tmp_path / "jobs.yaml"
-    jobs.write_text(job_file(SMALL))
-    env = engine_env(SMALL)
-    async with Simulator(accounts_table(SMALL), SimConfig(latency=0.05)) as sim:
-        args = ("run", str(jobs), "--base-url", sim.base_url or "", "--concurrency", "2")
-        out, err = tmp_path / "first.out", tmp_path / "first.err"
-        first = await spawn(*args, env=env, out=out, err=err)
-        await sim.wait_for_arrivals(1)
-        second = await run_engine(*args, *extra, env=env, workdir=tmp_path, name="second")
-        first_done = await finish(first, out, err)
-    return first_done, second, sim
-
-
 async def test_a_second_engine_on_the_same_results_file_refuses_and_sends_nothing(
     tmp_path: Path,
+    simulator: StartSimulator,
+    write_jobs: WriteJobs,
+    engine: Engines,
 ) -> None:
-    first, second, sim = await _second_engine(tmp_path, "--fresh")
+    """A first engine holding the results file mid-run, and a second started on it."""
+    jobs = write_jobs(SMALL)
+    env = engine_env(SMALL)
+    sim = await simulator(accounts_of(SMALL), SimConfig(latency=0.05))
+    args = ("run", str(jobs), "--base-url", sim.base_url or "", "--concurrency", "2")
+    running = await engine.start(*args, env=env, name="first")
+    await sim.wait_for_arrivals(1)
+    second = await engine.run(*args, "--fresh", env=env, name="second")
+    first = await running.finish()
     assert second.code == 2, second.output
     assert "in use by another run" in second.err and "nothing sent" in second.err
     assert first.code == 0, first.err
@@ -206,18 +200,18 @@ async def test_a_second_engine_on_the_same_results_file_refuses_and_sends_nothin
     assert set(sim.accepted.values()) == {1}
 
 
-async def test_two_engines_started_together_never_both_send(tmp_path: Path) -> None:
+async def test_two_engines_started_together_never_both_send(
+    simulator: StartSimulator, write_jobs: WriteJobs, engine: Engines
+) -> None:
     """Whichever locks the file first runs; the other refuses. (Were the second held up for
     the whole of the first's run, it would find every job ok and send nothing: also safe.)"""
-    jobs = tmp_path / "jobs.yaml"
-    jobs.write_text(job_file(SMALL))
+    jobs = write_jobs(SMALL)
     env = engine_env(SMALL)
-    async with Simulator(accounts_table(SMALL), SimConfig(latency=0.05)) as sim:
-        args = ("run", str(jobs), "--base-url", sim.base_url or "", "--concurrency", "2")
-        both = await asyncio.gather(
-            run_engine(*args, env=env, workdir=tmp_path, name="a"),
-            run_engine(*args, env=env, workdir=tmp_path, name="b"),
-        )
+    sim = await simulator(accounts_of(SMALL), SimConfig(latency=0.05))
+    args = ("run", str(jobs), "--base-url", sim.base_url or "", "--concurrency", "2")
+    both = await asyncio.gather(
+        engine.run(*args, env=env, name="a"), engine.run(*args, env=env, name="b")
+    )
     first, second = sorted(both, key=lambda run: run.code)
     assert first.code == 0, first.output
     assert second.code == 2 or "skipping 40 jobs already ok" in second.err, second.output

@@ -31,9 +31,17 @@ from engine.launch import MAX_LINE_WARNINGS, LaunchOptions, launch_campaign
 from engine.pool import WorkerPool
 from engine.profiles import V4
 from engine.results import JobResult, ResultLog
-from engine.simulator import SimConfig, Simulator
-from tests import support
-from tests.procs import Finished, accounts_table, engine_env, job_file, run_engine
+from engine.simulator import SimConfig
+from tests.support import (
+    Finished,
+    StartSimulator,
+    accounts_of,
+    engine_env,
+    job_file,
+    make_campaign,
+    run_engine,
+    secret_of,
+)
 
 # --- The job-file loader under arbitrary input --------------------------------------------
 
@@ -369,47 +377,50 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize("case", HOSTILE, ids=lambda c: c.name)
-def test_hostile_job_files_exit_2_with_a_clear_message(tmp_path: Path, case: Hostile) -> None:
+def test_hostile_job_files_exit_2_with_a_clear_message(
+    cli: CliRunner, tmp_path: Path, case: Hostile
+) -> None:
     """In process, for speed; nothing listens at the base URL, and the results file, opened
     before the first request, is never created."""
     path = case.make(tmp_path)
     results = tmp_path / "r.jsonl"
-    env = engine_env({"alice": 1})
-    run = CliRunner(env=env).invoke(
+    run = cli.invoke(
         main, ["run", str(path), "--base-url", "http://127.0.0.1:9", "--results", str(results)]
     )
     assert run.exit_code == 2, run.output
     assert case.says in run.stderr
     assert "nothing sent" in run.stderr
     assert run.exception is None or isinstance(run.exception, SystemExit)
-    assert env["XT_ALICE_SECRET_KEY"] not in run.output
+    assert secret_of("alice") not in run.output
     assert not results.exists()
     assert not (tmp_path / "pwned").exists()
 
 
-async def test_hostile_job_files_send_nothing_to_a_live_exchange(tmp_path: Path) -> None:
+async def test_hostile_job_files_send_nothing_to_a_live_exchange(
+    tmp_path: Path, simulator: StartSimulator
+) -> None:
     """The same through a separate engine process, with an exchange listening."""
     accounts = {"alice": 1}
     cases = [c for c in HOSTILE if c.name in ("python tag", "billion laughs", "huge")]
-    async with Simulator(accounts_table(accounts), SimConfig()) as sim:
+    sim = await simulator(accounts_of(accounts), SimConfig())
 
-        async def attempt(case: Hostile, number: int) -> tuple[Hostile, Path, Finished]:
-            where = tmp_path / f"case{number}"
-            where.mkdir()
-            run = await run_engine(
-                "run",
-                str(case.make(where)),
-                "--base-url",
-                sim.base_url or "",
-                "--results",
-                str(where / "r.jsonl"),
-                env=engine_env(accounts),
-                workdir=where,
-                timeout=30,
-            )
-            return case, where, run
+    async def attempt(case: Hostile, number: int) -> tuple[Hostile, Path, Finished]:
+        where = tmp_path / f"case{number}"
+        where.mkdir()
+        run = await run_engine(
+            "run",
+            str(case.make(where)),
+            "--base-url",
+            sim.base_url or "",
+            "--results",
+            str(where / "r.jsonl"),
+            env=engine_env(accounts),
+            workdir=where,
+            timeout=30,
+        )
+        return case, where, run
 
-        outcomes = await asyncio.gather(*(attempt(c, n) for n, c in enumerate(cases)))
+    outcomes = await asyncio.gather(*(attempt(c, n) for n, c in enumerate(cases)))
     for case, where, run in outcomes:
         assert run.code == 2, (case.name, run.output)
         assert case.says in run.err and "nothing sent" in run.err, (case.name, run.err)
@@ -539,7 +550,7 @@ async def _serve(handler: Handler) -> tuple[web.AppRunner, str]:
 
 async def _follow_once(base_url: str, tmp_path: Path, **settings: Any) -> JobResult:
     """One job through WorkerPool, Collector and ResultLog; its result as the file has it."""
-    campaign = support.make_campaign({"alice": 1}, tmp_path, max_attempts=2, **settings)
+    campaign = make_campaign({"alice": 1}, tmp_path, max_attempts=2, **settings)
     results = tmp_path / "r.jsonl"
     log = ResultLog(results)
     log.open()
@@ -665,14 +676,14 @@ def test_a_tampered_results_file_is_read_line_by_line_never_a_crash(tmp_path: Pa
 
 
 async def test_a_results_file_full_of_garbage_warns_in_a_few_lines(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], simulator: StartSimulator
 ) -> None:
-    campaign = support.make_campaign({"alice": 2}, tmp_path)
+    campaign = make_campaign({"alice": 2}, tmp_path)
     results = tmp_path / "r.jsonl"
     results.write_text("not a result\n" * 50)
-    async with Simulator(support.accounts_of(campaign), SimConfig()) as sim:
-        campaign = dataclasses.replace(campaign, base_url=sim.base_url or "")
-        stats = await launch_campaign(campaign, LaunchOptions(results=results))
+    sim = await simulator(accounts_of(campaign), SimConfig())
+    campaign = dataclasses.replace(campaign, base_url=sim.base_url or "")
+    stats = await launch_campaign(campaign, LaunchOptions(results=results))
     assert stats.ok == 2
     err = capsys.readouterr().err
     assert err.count("skipped a line that is not a whole result") == MAX_LINE_WARNINGS
