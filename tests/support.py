@@ -24,6 +24,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
+from aiohttp import web
+
 from engine.campaign import Account, Campaign, FollowJob, FollowValue, Settings
 from engine.client import XtClient
 from engine.collector import CampaignStats, Collector
@@ -312,6 +314,46 @@ class Engines:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+# --- Answers the simulator never gives ----------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def canned(status: int, body: bytes, **headers: str) -> Handler:
+    """Answers ``status`` with ``body``, whatever was asked."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return web.Response(status=status, body=body, headers=headers)
+
+    return handle
+
+
+async def cut_short(request: web.Request) -> web.StreamResponse:
+    """Promises 100 bytes, sends 10, hangs up."""
+    await request.read()
+    response = web.StreamResponse(headers={"Content-Length": "100"})
+    await response.prepare(request)
+    await response.write(b'{"rc":0,"m')
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
+async def dribble(request: web.Request) -> web.StreamResponse:
+    """A byte every 50 ms for 10 s: no read waits long, and the answer hardly ends."""
+    await request.read()
+    response = web.StreamResponse()
+    await response.prepare(request)
+    for _ in range(200):
+        try:
+            await response.write(b" ")
+        except ConnectionResetError:  # the client gave up: as it should
+            break
+        await asyncio.sleep(0.05)
+    return response
 
 
 # --- Results ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import json
 import random
 import string
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,12 @@ from engine.results import JobResult, ResultLog
 from engine.simulator import SimConfig
 from tests.support import (
     Finished,
+    Handler,
     StartSimulator,
     accounts_of,
+    canned,
+    cut_short,
+    dribble,
     engine_env,
     job_file,
     make_campaign,
@@ -432,27 +436,6 @@ async def test_hostile_job_files_send_nothing_to_a_live_exchange(
 
 # --- Answers that are not what XT sends -----------------------------------------------------
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _body(status: int, body: bytes, **headers: str) -> Handler:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        return web.Response(status=status, body=body, headers=headers)
-
-    return handle
-
-
-async def _cut_short(request: web.Request) -> web.StreamResponse:
-    """Promises 100 bytes, sends 10, hangs up."""
-    await request.read()
-    response = web.StreamResponse(headers={"Content-Length": "100"})
-    await response.prepare(request)
-    await response.write(b'{"rc":0,"m')
-    assert request.transport is not None
-    request.transport.close()
-    return response
-
 
 def _gzip_bomb(megabytes: int) -> bytes:
     squeeze = zlib.compressobj(9, zlib.DEFLATED, 31)
@@ -478,7 +461,7 @@ class Answer:
 ANSWERS = [
     Answer(
         "huge",
-        _body(200, b'{"rc":0,"mc":"SUCCESS","pad":"' + b"x" * (3 << 20) + b'"}'),
+        canned(200, b'{"rc":0,"mc":"SUCCESS","pad":"' + b"x" * (3 << 20) + b'"}'),
         "failed",
         2,
         True,
@@ -486,7 +469,7 @@ ANSWERS = [
     ),
     Answer(
         "truncated",
-        _body(200, SUCCESS[:18]),
+        canned(200, SUCCESS[:18]),
         "failed",
         2,
         True,
@@ -494,43 +477,43 @@ ANSWERS = [
     ),
     Answer(
         "html",
-        _body(200, b"<html>bad gateway</html>", **{"Content-Type": "text/html"}),
+        canned(200, b"<html>bad gateway</html>", **{"Content-Type": "text/html"}),
         "failed",
         2,
         True,
         f"gave up after 2 attempts: HTTP 200 {NOT_XT}: '<html>",
     ),
-    Answer("a list", _body(200, b"[" + SUCCESS + b"]"), "failed", 2, True, "gave up after 2"),
-    Answer("rc as text", _body(200, b'{"rc":"0","mc":"SUCCESS"}'), "failed", 2, True, "gave up"),
-    Answer("rc as bool", _body(200, b'{"rc":false,"mc":"SUCCESS"}'), "failed", 2, True, "gave up"),
-    Answer("no mc", _body(200, b'{"rc":0}'), "failed", 2, True, "gave up after 2"),
-    Answer("null", _body(200, b"null"), "failed", 2, True, "gave up after 2"),
-    Answer("nested deep", _body(200, b"[" * 200_000), "failed", 2, True, "gave up after 2"),
-    Answer("not utf-8", _body(200, b"\xff\xfe\x00\xd8garbage"), "failed", 2, True, "gave up"),
+    Answer("a list", canned(200, b"[" + SUCCESS + b"]"), "failed", 2, True, "gave up after 2"),
+    Answer("rc as text", canned(200, b'{"rc":"0","mc":"SUCCESS"}'), "failed", 2, True, "gave up"),
+    Answer("rc as bool", canned(200, b'{"rc":false,"mc":"SUCCESS"}'), "failed", 2, True, "gave up"),
+    Answer("no mc", canned(200, b'{"rc":0}'), "failed", 2, True, "gave up after 2"),
+    Answer("null", canned(200, b"null"), "failed", 2, True, "gave up after 2"),
+    Answer("nested deep", canned(200, b"[" * 200_000), "failed", 2, True, "gave up after 2"),
+    Answer("not utf-8", canned(200, b"\xff\xfe\x00\xd8garbage"), "failed", 2, True, "gave up"),
     Answer(
         "gzip bomb",
-        _body(200, _gzip_bomb(64), **{"Content-Encoding": "gzip"}),
+        canned(200, _gzip_bomb(64), **{"Content-Encoding": "gzip"}),
         "failed",
         2,
         True,
         "gave up after 2 attempts: ",
     ),
-    Answer("cut short", _cut_short, "failed", 2, True, "gave up after 2 attempts: no answer"),
+    Answer("cut short", cut_short, "failed", 2, True, "gave up after 2 attempts: no answer"),
     Answer(
-        "403 page", _body(403, b"<html>forbidden</html>"), "failed", 1, False, "HTTP 403: '<html>"
+        "403 page", canned(403, b"<html>forbidden</html>"), "failed", 1, False, "HTTP 403: '<html>"
     ),
     Answer(
         "4xx envelope",
-        _body(400, b'{"rc":1,"mc":"COPY_TRADE_SPOT_006","ma":[],"result":null}'),
+        canned(400, b'{"rc":1,"mc":"COPY_TRADE_SPOT_006","ma":[],"result":null}'),
         "failed",
         1,
         False,
         "HTTP 400 rc=1 mc=COPY_TRADE_SPOT_006",
     ),
-    Answer("202 envelope", _body(202, SUCCESS), "ok", 1, False, None),
+    Answer("202 envelope", canned(202, SUCCESS), "ok", 1, False, None),
     Answer(
         "204 empty",
-        _body(204, b""),
+        canned(204, b""),
         "failed",
         2,
         True,
@@ -630,18 +613,6 @@ async def test_a_redirect_is_not_followed_with_the_credentials(tmp_path: Path) -
 
 
 async def test_an_answer_dribbled_a_byte_at_a_time_is_bounded(tmp_path: Path) -> None:
-    async def dribble(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        response = web.StreamResponse()
-        await response.prepare(request)
-        for _ in range(200):  # 10 s at most: the server side is bounded too
-            try:
-                await response.write(b" ")
-            except ConnectionResetError:  # the client gave up: as it should
-                break
-            await asyncio.sleep(0.05)
-        return response
-
     runner, url = await _serve(dribble)
     try:
         result = await asyncio.wait_for(_follow_once(url, tmp_path, timeout=0.3), 3)
