@@ -8,6 +8,7 @@ The engine runs as a process of its own; the simulator lives in the test, so wha
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import random
 from collections import Counter
@@ -177,25 +178,27 @@ SMALL = {"alice": 20, "bob": 20}
 
 
 async def test_a_second_engine_on_the_same_results_file_refuses_and_sends_nothing(
-    tmp_path: Path,
-    simulator: StartSimulator,
-    write_jobs: WriteJobs,
-    engine: Engines,
+    simulator: StartSimulator, write_jobs: WriteJobs, engine: Engines
 ) -> None:
-    """A first engine holding the results file mid-run, and a second started on it."""
+    """A run holds the results file; a second started on it, even with --fresh, refuses,
+    sends nothing and leaves the file as it was. The test holds the lock itself, as a run
+    does (``flock``), so the second meets it every time, however fast the first was."""
     jobs = write_jobs(SMALL)
     env = engine_env(SMALL)
     sim = await simulator(accounts_of(SMALL), SimConfig(latency=0.05))
     args = ("run", str(jobs), "--base-url", sim.base_url or "", "--concurrency", "2")
-    running = await engine.start(*args, env=env, name="first")
-    await sim.wait_for_arrivals(1)
-    second = await engine.run(*args, "--fresh", env=env, name="second")
-    first = await running.finish()
+    first = await engine.run(*args, env=env, name="first")
+    results = jobs.with_suffix(".results.jsonl")
+    recorded = results.read_bytes()
+    with results.open("ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        second = await engine.run(*args, "--fresh", env=env, name="second")
     assert second.code == 2, second.output
     assert "in use by another run" in second.err and "nothing sent" in second.err
     assert first.code == 0, first.err
-    # --fresh did not wipe what the first engine was writing, and nothing went out twice.
-    assert len(ok_jobs(tmp_path / "jobs.results.jsonl")) == 40
+    # --fresh did not wipe what the first engine wrote, and nothing went out twice.
+    assert results.read_bytes() == recorded
+    assert len(ok_jobs(results)) == 40
     assert len(sim.arrivals) == 40
     assert set(sim.accepted.values()) == {1}
 
