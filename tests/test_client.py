@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 import pytest
 from aiohttp import web
-from multidict import CIMultiDict
 
 from engine.client import AmbiguousError, NotSentError, XtClient, XtError
 from engine.profiles import TIME_PATH, V1, V4
@@ -44,7 +43,8 @@ NOW_MS = 1700000000500
 class Sent:
     method: str
     path: str
-    headers: CIMultiDict[str]
+    #: Read without regard to case, as HTTP headers are.
+    headers: Mapping[str, str]
     body: bytes
 
 
@@ -59,7 +59,7 @@ class Tap:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         body = await request.read()
-        self.requests.append(Sent(request.method, request.path, CIMultiDict(request.headers), body))
+        self.requests.append(Sent(request.method, request.path, request.headers.copy(), body))
         if self.canned:
             return await self.canned.popleft()(request)
         return await handler(request)
