@@ -12,7 +12,14 @@ from typing import TextIO
 
 from rich.console import Console
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -35,7 +42,7 @@ class ProgressDisplay:
         self.stats = stats
         self.stream = stream
         self._bar: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
         self._last_line = time.monotonic()
 
     def start(self) -> None:
