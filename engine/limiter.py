@@ -60,10 +60,6 @@ class KeyLimiter:
         self._next_lane = 0
         self._paused_until = 0.0
 
-    @property
-    def lanes(self) -> int:
-        return self._count
-
     async def acquire(self) -> int:
         """Wait until one more request may be sent now; send it straight after. Returns its
         lane, for ``sent`` and ``release`` when tracking sends."""

@@ -223,10 +223,6 @@ class Simulator:
         for path in _BY_PATH:
             self.app.router.add_post(path, self._follow)
 
-    @property
-    def checks_signatures(self) -> bool:
-        return self.accounts is not None
-
     def script(self, leader_id: int, faults: Sequence[str]) -> None:
         """The next arrivals for ``leader_id`` get ``faults`` in order, after earlier scripts."""
         for kind in faults:

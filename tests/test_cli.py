@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,12 @@ async def test_python_dash_m_engine_is_the_same_command(job_path: Path) -> None:
     code, out, _ = await run_cli("validate", str(job_path))
     assert code == 0
     assert "valid: 2 jobs" in out
+
+
+async def test_version_is_the_installed_packages() -> None:
+    """``--version`` says the version pip installed, which is pyproject.toml's."""
+    declared = re.search(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert declared is not None
+    assert metadata.version("follow-engine") == declared[1]
+    code, out, err = await run_cli("--version")
+    assert (code, out, err) == (0, f"follow-engine, version {declared[1]}\n", "")

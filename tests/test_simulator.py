@@ -121,7 +121,10 @@ async def test_valid_follow_is_accepted_and_recorded(
     [arrival] = sim.arrivals
     assert (arrival.api_key, arrival.path, arrival.leader_id) == (KEY, V4.path, LEADER)
     assert (arrival.status, arrival.mc, arrival.fault) == (200, "SUCCESS", None)
-    assert sim.checks_signatures
+    # The signature was checked: the same request signed with another secret is refused.
+    forged = await post(session, sim.base_url, encode(PARAMS), secret="not-" + SECRET)
+    assert forged.json()["mc"] == "AUTH_103"
+    assert sim.accepted == {(KEY, LEADER): 1}
 
 
 async def test_a_second_follow_is_counted_as_a_duplicate(
@@ -437,7 +440,7 @@ async def test_without_accounts_any_key_and_signature_pass(
     simulator: StartSimulator, session: aiohttp.ClientSession
 ) -> None:
     sim = await simulator()
-    assert not sim.checks_signatures
+    assert sim.accounts is None
     garbage = {"xt-validate-signature": "not-a-signature"}
     reply = await post(session, sim.base_url, encode(PARAMS), key="any", headers=garbage)
     assert reply.json() == SUCCESS
