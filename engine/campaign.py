@@ -38,6 +38,8 @@ class FollowJob:
     #: Line of the job in the job file, for messages.
     line: int = 0
     not_before: datetime | None = None
+    #: ``follow``, or ``unfollow``: stop following the leader (``params`` is then its id).
+    action: str = "follow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,14 @@ class Settings:
     #: Seconds per request.
     timeout: float = 10
     recv_window_ms: int = 5000
+    #: How much longer than the window a limiter slot waits (0.05: 5 %), for network jitter;
+    #: a key that still draws a 429 has its own margin doubled.
+    margin: float = 0.05
+    #: A ``Retry-After`` longer than this fails the job (and its key's other jobs) instead.
+    max_retry_after: float = 300
+    #: The validate headers' spelling: ``xt-validate`` (ccxt, pyxt) or ``validate`` (XT's
+    #: current documentation and Java SDK).
+    headers: str = "xt-validate"
 
 
 @dataclass(frozen=True, slots=True)

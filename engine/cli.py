@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import json
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar
 
 import click
 from rich.console import Console
@@ -29,11 +31,13 @@ from engine.launch import (
     dry_run,
     fit_open_files,
 )
+from engine.problems import MIN_SECRET
 from engine.profiles import PROFILES
 from engine.results import ResultsFileError
 from engine.schedule import Scheduler, check_results, start_at
 from engine.signals import StopSignals
 from engine.simulator import SimConfig, serve
+from engine.yamlread import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,6 +56,11 @@ _TARGET_OPTIONS = (
     click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight, all keys."),
     click.option("--max-attempts", type=click.IntRange(min=1), help="Attempts per job, at most."),
     click.option(
+        "--max-retry-after",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Seconds: a longer Retry-After fails the job instead [300].",
+    ),
+    click.option(
         "--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per request."
     ),
     click.option(
@@ -67,7 +76,7 @@ _TARGET_OPTIONS = (
     ),
     click.option("--insecure", is_flag=True, help="Allow plain http:// beyond loopback."),
 )
-_SETTINGS_OPTIONS = ("rate_limit", "concurrency", "max_attempts", "timeout")
+_SETTINGS_OPTIONS = ("rate_limit", "concurrency", "max_attempts", "max_retry_after", "timeout")
 
 
 def target_options(command: F) -> F:
@@ -87,6 +96,7 @@ class _Target:
     rate_limit: float | None
     concurrency: int | None
     max_attempts: int | None
+    max_retry_after: float | None
     timeout: float | None
     results: Path | None
     simulate: bool
@@ -103,6 +113,14 @@ class _Target:
             campaign.settings, **{name: value for name, value in given.items() if value is not None}
         )
         base_url = (self.base_url or campaign.base_url).rstrip("/")
+        for account in campaign.accounts.values():
+            if len(account.secret_key) >= MIN_SECRET and account.secret_key in base_url:
+                raise jobfile.JobFileError(
+                    [
+                        f"--base-url: holds the secret key of account {account.name}; a secret "
+                        "belongs in secret_key only"
+                    ]
+                )
         campaign = dataclasses.replace(campaign, settings=settings, base_url=base_url)
         if sending and not self.simulate:
             warning = check_transport(campaign.base_url, self.insecure)
@@ -155,6 +173,38 @@ def _execute(work: Coroutine[Any, Any, int]) -> NoReturn:
 def main() -> None:
     """Follow many XT.com copy-trading leader orders across many accounts, at the exchange's
     rate limit, recording every outcome."""
+    if not isinstance(sys.stdout, PipeSafeStdout):
+        sys.stdout = PipeSafeStdout(sys.stdout)
+
+
+class PipeSafeStdout(io.TextIOBase):
+    """Standard output whose reader may go away early (``run ... | head -1``): what it can
+    no longer take is dropped, and the command runs on to its own exit code."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                self._stream.write(text)
+                self._stream.flush()
+            except BrokenPipeError:
+                self._gone = True
+                # The interpreter flushes stdout at exit: give it somewhere to go.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        return len(text)
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._stream.encoding
 
 
 @main.command()
@@ -195,7 +245,7 @@ def run(now: bool, fresh: bool, dry_run: bool, **target: Any) -> None:
     start = None if now else _start(campaign)
     options = where.run_options(signals, fresh=fresh)
     if start is not None:
-        _check_results(options.results)
+        _check_results(options.results, campaign.path)
     _execute(start_at(campaign, options, Console(highlight=False), start))
 
 
@@ -210,9 +260,9 @@ def _start(campaign: Campaign) -> datetime | None:
     return schedule.at if schedule is not None else None
 
 
-def _check_results(results: Path) -> None:
+def _check_results(results: Path, jobs_file: Path) -> None:
     try:
-        check_results(results)
+        check_results(results, jobs_file)
     except ResultsFileError as exc:
         _fail(f"{exc}; nothing sent")
 
@@ -234,14 +284,14 @@ def schedule(once: bool, **target: Any) -> None:
         )
         _fail(f"{campaign.path}: no schedule.cron to run; {hint}; nothing sent")
     options = where.run_options(signals)
-    _check_results(options.results)
+    _check_results(options.results, campaign.path)
     scheduler = Scheduler(where.load, campaign, options, Console(highlight=False))
     _execute(scheduler.run(once=once))
 
 
 def _print_dry_run(campaign: Campaign) -> None:
     for job, request in zip(campaign.jobs, dry_run(campaign), strict=True):
-        click.echo(f"# job {job.id} (account {job.account})")
+        click.echo(f"# job {printable(job.id)} (account {printable(job.account)})")
         click.echo(f"{request.method} {request.url}")
         for name, value in request.redacted().items():
             click.echo(f"{name}: {value}")

@@ -13,15 +13,17 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timezone
 from decimal import Decimal
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 
 from engine.campaign import FollowValue
-from engine.profiles import TIME_PATH, ApiProfile
-from engine.signing import SIGNATURE_HEADER, signed_headers
+from engine.profiles import CANCEL_FOLLOW_PATH, TIME_PATH, ApiProfile
+from engine.signing import HEADER_PREFIXES, query_string, signed_headers
 
 _EXCERPT = 200
 #: An envelope is a few hundred bytes; a body past this is not one, and is not read further.
@@ -76,17 +78,20 @@ class PreparedRequest:
 
     def redacted(self) -> dict[str, str]:
         """Headers fit to print: the signature replaced."""
-        return {k: "<redacted>" if k == SIGNATURE_HEADER else v for k, v in self.headers.items()}
+        return {k: "<redacted>" if k.endswith("-signature") else v for k, v in self.headers.items()}
 
 
 def encode_body(params: Mapping[str, FollowValue]) -> str:
-    """Compact JSON with every number written as the user wrote it (never via float)."""
+    """Compact JSON with every number in the digits the user wrote, never via float, and in
+    plain decimal notation: ``1.5e+3`` goes as ``1500``, ``0.0000001`` as itself."""
     parts = []
     for name, value in params.items():
         if isinstance(value, bool):
             text = "true" if value else "false"
-        elif isinstance(value, (int, Decimal)):
+        elif isinstance(value, int):
             text = str(value)
+        elif isinstance(value, Decimal):
+            text = format(value, "f")
         else:
             text = json.dumps(value)
         parts.append(f"{json.dumps(name)}:{text}")
@@ -103,12 +108,21 @@ def parse_envelope(data: Any) -> Envelope | None:
     return Envelope(rc=rc, mc=mc, ma=ma if isinstance(ma, list) else [], result=data.get("result"))
 
 
-def _retry_after(value: str | None) -> float | None:
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
+def retry_after(value: str | None, clock: Callable[[], float]) -> float | None:
+    """Seconds to wait from a ``Retry-After``: delay-seconds, or an HTTP-date (read against
+    ``clock``, epoch seconds); None when absent or unreadable. Never negative."""
+    if value is None:
         return None
-    return seconds if seconds is not None and 0 <= seconds < 3600 else None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110: an HTTP-date is GMT
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - clock())
 
 
 class XtClient:
@@ -121,12 +135,14 @@ class XtClient:
         *,
         timeout: float = 10,
         recv_window_ms: int = 5000,
+        headers: str = "xt-validate",
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.profile = profile
         self.recv_window_ms = recv_window_ms
+        self.header_prefix = HEADER_PREFIXES[headers]
         #: Added to the local clock when signing; set by ``sync_clock``.
         self.clock_offset_ms = 0
         self._clock = clock
@@ -160,13 +176,46 @@ class XtClient:
         self, api_key: str, secret_key: str, params: Mapping[str, FollowValue]
     ) -> PreparedRequest:
         """The follow request, signed now. The signed body is the body sent."""
-        path = self.profile.path
-        body = encode_body(params)
+        return self._signed(api_key, secret_key, "POST", self.profile.path, body=params)
+
+    def prepare_cancel(self, api_key: str, secret_key: str, leader_id: int) -> PreparedRequest:
+        """Stop following ``leader_id``: POST with the leader in the query, as XT's Java SDK
+        sends it (``cancel-follow``, a v1 endpoint)."""
+        query = {self.profile.leader_field: leader_id}
+        return self._signed(api_key, secret_key, "POST", CANCEL_FOLLOW_PATH, query=query)
+
+    def prepare_read(
+        self, api_key: str, secret_key: str, path: str, query: Mapping[str, object] | None = None
+    ) -> PreparedRequest:
+        """A signed GET, its query signed sorted by key (``#GET#path#query``)."""
+        return self._signed(api_key, secret_key, "GET", path, query=query)
+
+    def _signed(
+        self,
+        api_key: str,
+        secret_key: str,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, object] | None = None,
+        body: Mapping[str, FollowValue] | None = None,
+    ) -> PreparedRequest:
+        """A request signed now: the body or the query signed is the one sent."""
+        text = encode_body(body) if body is not None else ""
+        target = query_string(query) if query else ""
         headers = signed_headers(
-            api_key, secret_key, "POST", path, body, self.timestamp_ms(), self.recv_window_ms
+            api_key,
+            secret_key,
+            method,
+            path,
+            text if body is not None else target or None,
+            self.timestamp_ms(),
+            self.recv_window_ms,
+            self.header_prefix,
         )
         headers["Content-Type"] = "application/json"
-        return PreparedRequest("POST", self.base_url + path, body, headers)
+        url = self.base_url + path + (f"?{target}" if target else "")
+        return PreparedRequest(method, url, text, headers)
 
     async def follow(
         self,
@@ -176,8 +225,24 @@ class XtClient:
         on_sent: Callable[[], None] | None = None,
     ) -> Answer:
         """Send one follow, signed afresh. Raises ``TransportError`` when no answer came.
-        ``on_sent`` is called as the body is written to the connection."""
-        request = self.prepare(api_key, secret_key, params)
+        ``on_sent`` is called as the request is written to the connection."""
+        return await self.send(self.prepare(api_key, secret_key, params), on_sent)
+
+    async def unfollow(
+        self,
+        api_key: str,
+        secret_key: str,
+        leader_id: int,
+        on_sent: Callable[[], None] | None = None,
+    ) -> Answer:
+        """Stop following ``leader_id``, signed afresh; as ``follow`` otherwise."""
+        return await self.send(self.prepare_cancel(api_key, secret_key, leader_id), on_sent)
+
+    async def send(
+        self, request: PreparedRequest, on_sent: Callable[[], None] | None = None
+    ) -> Answer:
+        """Send a request prepared (signed) just now. Raises ``TransportError`` when no
+        answer came. ``on_sent`` is called as the request is written to the connection."""
         return await self._send(request, on_sent)
 
     async def server_time_ms(self) -> int:
@@ -201,9 +266,9 @@ class XtClient:
     async def _send(
         self, request: PreparedRequest, on_sent: Callable[[], None] | None = None
     ) -> Answer:
-        data: bytes | _SentBody | None = request.body.encode() if request.body else None
-        if data is not None and on_sent is not None:
-            data = _SentBody(data, on_sent)
+        body = request.body.encode()
+        # Also an empty body, for a GET: its write is how ``on_sent`` learns the request left.
+        data = _SentBody(body, on_sent) if on_sent is not None else body or None
         try:
             async with self.session.request(
                 request.method,
@@ -216,7 +281,7 @@ class XtClient:
             ) as response:
                 raw = await _read_capped(response)
                 status = response.status
-                retry_after = _retry_after(response.headers.get("Retry-After"))
+                wait = retry_after(response.headers.get("Retry-After"), self._clock)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise NotSentError(f"not sent: {_describe(exc)}") from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -226,7 +291,7 @@ class XtClient:
         except (ValueError, RecursionError):
             envelope = None
         excerpt = None if envelope else raw[:_EXCERPT].decode("utf-8", "replace")
-        return Answer(status, envelope, retry_after, excerpt)
+        return Answer(status, envelope, wait, excerpt)
 
 
 class _SentBody(aiohttp.BytesPayload):

@@ -24,6 +24,8 @@ class KeyStats:
     #: The limiter's period: the last burst of a key occupies one.
     period: float
     sent: int = 0
+    #: The margin the key ended with, when a 429 made the limiter widen it.
+    margin: float | None = None
     first: float = 0.0
     last: float = 0.0
 
@@ -60,6 +62,10 @@ class CampaignStats:
     #: Results the file could not take, so the user still sees them.
     unrecorded: list[JobResult] = field(default_factory=list)
     write_error: str | None = None
+    #: Why the run stopped sending on its own (a code every request would meet).
+    stopped_by: str | None = None
+    #: A failure of the engine itself that stopped the run.
+    internal_error: str | None = None
 
     @property
     def finished(self) -> int:
@@ -77,6 +83,21 @@ class Collector:
         self.log = log
         self.stats = CampaignStats()
         self._on_result = on_result
+
+    def intend(self, intent: JobResult) -> bool:
+        """Record that a job's first request is about to leave (status ``sending``), before
+        it does. False when it could not be written: the request must not leave."""
+        if self.stats.write_error is None:
+            try:
+                self.log.record(intent)
+                return True
+            except ResultsFileError as exc:
+                self.stats.write_error = str(exc)
+        return False
+
+    def lost(self, reason: str) -> None:
+        """The results file can take no more lines: keep the rest for stderr."""
+        self.stats.write_error = self.stats.write_error or reason
 
     def finish(self, result: JobResult) -> bool:
         """Record one job's outcome. False when it could not be written."""

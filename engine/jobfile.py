@@ -34,7 +34,15 @@ from engine.models import (
     JobModel,
     SettingsModel,
 )
-from engine.problems import check_jobs, describe, format_problem, leader_fields, locate, redact
+from engine.problems import (
+    check_jobs,
+    describe,
+    format_problem,
+    leader_fields,
+    locate,
+    redact,
+    secret_uses,
+)
 from engine.profiles import PROFILES, ApiProfile
 from engine.yamlread import (
     MAX_FILE_BYTES,
@@ -76,6 +84,9 @@ def json_schema() -> dict[str, Any]:
 
 
 def _campaign(path: Path, doc: LineDict, builder: Builder, api: str | None) -> Campaign:
+    for loc, account in secret_uses(doc):
+        message = f"holds the secret key of account {account}; a secret belongs in secret_key only"
+        builder.problem(locate(doc, loc), loc, message)
     settings = doc.get("settings")
     name = api or (settings.get("api") if isinstance(settings, dict) else None) or "v4"
     profile = PROFILES.get(name) if isinstance(name, str) else None
@@ -138,6 +149,9 @@ def _build(
         max_attempts=given.max_attempts,
         timeout=given.timeout,
         recv_window_ms=given.recv_window,
+        margin=given.margin,
+        max_retry_after=given.max_retry_after,
+        headers=given.headers,
     )
     defaults = model.defaults or FollowParamsModel()
     lines = doc["jobs"].item_lines
@@ -166,7 +180,7 @@ def _follow_job(
     leader: int = getattr(job, profile.leader_field)
     params: dict[str, FollowValue] = {profile.leader_field: leader}
     own = job.model_fields_set
-    for name in FOLLOW_FIELDS:
+    for name in FOLLOW_FIELDS if job.action == "follow" else ():
         value = getattr(job if name in own else defaults, name)
         if value is not None:
             params[name] = ",".join(value) if name == "symbols" else value
@@ -177,6 +191,7 @@ def _follow_job(
         params=params,
         line=line,
         not_before=job.not_before,
+        action=job.action,
     )
 
 

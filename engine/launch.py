@@ -8,6 +8,7 @@ prints except the stop notice a person needs when pressing Ctrl-C.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import resource
 import sys
@@ -26,7 +27,7 @@ from engine.clock import Clock, wall_clock
 from engine.collector import CampaignStats, Collector
 from engine.pool import WorkerPool
 from engine.report import ProgressDisplay, print_summary
-from engine.results import JobResult, ResultLog
+from engine.results import CampaignLock, JobResult, ResultLog
 from engine.signals import StopSignals
 from engine.simulator import SimConfig, Simulator
 
@@ -35,6 +36,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 #: Skipped lines of the results file named one by one; a file full of them gets a count.
 MAX_LINE_WARNINGS = 20
+#: Seconds between checks that the results and lock files are still in place.
+WATCH_INTERVAL = 0.5
 #: Open files a run needs besides its connections: standard streams, the results file,
 #: the event loop's own, the simulator's listening socket.
 SPARE_FILES = 64
@@ -136,9 +139,16 @@ def fit_open_files(concurrency: int, per_request: int = 1) -> tuple[int, str | N
 
 async def launch_campaign(campaign: Campaign, options: LaunchOptions) -> CampaignStats:
     """Run every job not already ok in the results file. Raises ``ResultsFileError``
-    before sending anything when the results file cannot be used."""
+    before sending anything when the results file cannot be used, or another run of the
+    campaign is sending."""
+    lock = CampaignLock(campaign.path)
+    lock.acquire()
     log = ResultLog(options.results)
-    past = log.open(fresh=options.fresh)
+    try:
+        past = log.open(fresh=options.fresh, jobs_file=campaign.path)
+    except BaseException:
+        lock.release()
+        raise
     try:
         for warning in past.warnings[:MAX_LINE_WARNINGS]:
             print(f"warning: {warning}", file=sys.stderr)
@@ -155,6 +165,7 @@ async def launch_campaign(campaign: Campaign, options: LaunchOptions) -> Campaig
             campaign = replace(campaign, settings=replace(campaign.settings, concurrency=fits))
         collector = Collector(log, on_result=options.on_result)
         collector.stats.skipped = len(campaign.jobs) - len(jobs)
+        collector.stats.total = len(jobs)
         async with AsyncExitStack() as stack:
             # Entered first so that it is left last: no moment of the run without a handler.
             signals = options.signals or stack.enter_context(StopSignals())
@@ -174,12 +185,15 @@ async def launch_campaign(campaign: Campaign, options: LaunchOptions) -> Campaig
                 settings.api,
                 timeout=settings.timeout,
                 recv_window_ms=settings.recv_window_ms,
+                headers=settings.headers,
             )
             stack.push_async_callback(client.close)
             pool = WorkerPool(
                 campaign, client, collector, clock=options.clock, halted=lambda: signals.requested
             )
             signals.attach(pool)
+            watch = asyncio.create_task(_watch_records(log, lock, collector, pool))
+            stack.callback(watch.cancel)
             if options.on_start is not None:
                 options.on_start(collector.stats)
             stats = await pool.process(jobs)
@@ -187,6 +201,26 @@ async def launch_campaign(campaign: Campaign, options: LaunchOptions) -> Campaig
             return stats
     finally:
         log.close()
+        lock.release()
+
+
+async def _watch_records(
+    log: ResultLog, lock: CampaignLock, collector: Collector, pool: WorkerPool
+) -> None:
+    """Stop sending within ``WATCH_INTERVAL`` of the results file or the campaign's lock
+    file being deleted or replaced, even while no result comes to be written: what the
+    exchange accepts from then on could not be recorded, or a second run could start."""
+    while True:
+        await asyncio.sleep(WATCH_INTERVAL)
+        if not log.still_there():
+            lost = f"{log.path}: the results file was deleted or replaced"
+        elif not lock.held():
+            lost = f"{lock.path}: the campaign's lock file was deleted or replaced"
+        else:
+            continue
+        collector.lost(lost)
+        pool.stop()
+        return
 
 
 async def launch_and_report(
@@ -227,6 +261,9 @@ async def launch_and_report(
         for result in stats.unrecorded:
             print(result.to_json(), file=stream)
         return EXIT_FAILED
+    for reason in (stats.stopped_by, stats.internal_error):
+        if reason:
+            print(f"error: {reason}", file=stream)
     if stats.interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_OK if stats.failed == 0 else EXIT_FAILED
+    return EXIT_OK if stats.ok == stats.total else EXIT_FAILED

@@ -11,12 +11,12 @@ user never wrote.
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -30,13 +30,21 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from engine import cron
 from engine.campaign import Settings
 
 #: XT's ids are Java longs; a larger number would be mangled by the exchange.
 MAX_LEADER_ID = 2**63 - 1
 SYMBOL_RE = re.compile(r"[a-z0-9]+_[a-z0-9]+")
+DECIMAL_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+#: A follow parameter's digits in plain notation, at most: no amount or rate needs more.
+MAX_DIGITS = 40
+#: What an API key or secret may hold: printable ASCII, no spaces. A CRLF env file leaves
+#: a carriage return at the end of each value, which no HTTP header may carry.
+CREDENTIAL_RE = re.compile(r"[!-~]+")
 _SETTINGS = Settings()
 _NUMBER_SCHEMA = {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string"}]}
+_MARGIN_SCHEMA = {"type": "number", "minimum": 0, "maximum": 1}
 
 
 def _error(kind: str, message: str) -> PydanticCustomError:
@@ -44,21 +52,45 @@ def _error(kind: str, message: str) -> PydanticCustomError:
 
 
 def _decimal(value: object) -> Decimal:
-    """A number as written: YAML numbers arrive as int or Decimal, ``${VAR}`` ones as text."""
+    """A number as written: YAML numbers arrive as int or Decimal, ``${VAR}`` ones as text,
+    which must be plain ASCII decimal notation (no ``0x10``, ``1_0``, full-width digits)."""
     if isinstance(value, (int, Decimal)) and not isinstance(value, bool):
         return Decimal(value)
     if isinstance(value, str):
-        try:
-            return Decimal(value.strip())
-        except InvalidOperation:
-            pass
+        text = value.strip(" ")
+        if DECIMAL_RE.fullmatch(text):
+            return Decimal(text)
+        if _other_notation(text):
+            raise _error("number_notation", "must be written in plain decimal digits, as 0.5")
     raise _error("number_type", "must be a number")
+
+
+def _other_notation(text: str) -> bool:
+    """A number Python would read that is not plain ASCII decimal: ``1_0.5``, ``0x10``,
+    full-width or Arabic-Indic digits."""
+    try:
+        Decimal(text)
+    except ArithmeticError:
+        try:
+            int(text, 0)
+        except ValueError:
+            return False
+    return True
 
 
 def _positive(value: object) -> Decimal:
     number = _decimal(value)
     if not number.is_finite() or number <= 0:
         raise _error("greater_than", "must be a number greater than 0")
+    return number
+
+
+def _follow_number(value: object) -> Decimal:
+    """A follow parameter: positive, and sent written out in full (1.5e+3 as 1500), so
+    bounded before it is."""
+    number = _positive(value)
+    if not -MAX_DIGITS < number.adjusted() < MAX_DIGITS or len(format(number, "f")) > MAX_DIGITS:
+        raise _error("number_digits", f"has more than {MAX_DIGITS} digits once written out")
     return number
 
 
@@ -127,8 +159,28 @@ def _base_url(value: str) -> str:
 
 
 def _cron(value: str) -> str:
-    if len(value.split()) != 5 or not croniter.is_valid(value):
+    if len(value.split()) != 5 or not cron.is_valid(value):
         raise _error("cron", "must be a 5-field cron expression such as '0 9 * * mon-fri'")
+    if not cron.ever_fires(value):
+        raise _error("cron", "never fires (no such date, as 30 February)")
+    return value
+
+
+def _at(value: datetime) -> datetime:
+    try:
+        value.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        raise _error("at", "is out of range in UTC") from None
+    return value
+
+
+def _credential(value: str) -> str:
+    if not CREDENTIAL_RE.fullmatch(value):
+        raise _error(
+            "credential",
+            "must be printable ASCII without spaces, tabs or line breaks (an env file saved "
+            "with CRLF line endings leaves a carriage return at the end of each value)",
+        )
     return value
 
 
@@ -138,6 +190,13 @@ def _timezone(value: str) -> str:
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise _error("timezone", "must be an IANA time zone name such as Europe/Paris") from None
     return value
+
+
+def _margin(value: object) -> float:
+    number = _decimal(value)
+    if not number.is_finite() or not 0 <= number <= 1:
+        raise _error("margin", "must be a number from 0 to 1 (0.05 is 5 %)")
+    return float(number)
 
 
 def _version(value: object) -> int:
@@ -150,7 +209,7 @@ def _id_text(value: object) -> object:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-Positive = Annotated[Decimal, PlainValidator(_positive), WithJsonSchema(_NUMBER_SCHEMA)]
+Positive = Annotated[Decimal, PlainValidator(_follow_number), WithJsonSchema(_NUMBER_SCHEMA)]
 PositiveFloat = Annotated[float, PlainValidator(_positive_float), WithJsonSchema(_NUMBER_SCHEMA)]
 LeaderId = Annotated[
     int,
@@ -178,6 +237,8 @@ Symbols = Annotated[
     ),
 ]
 Text = Annotated[str, Field(min_length=1)]
+Credential = Annotated[str, Field(min_length=1), AfterValidator(_credential)]
+When = Annotated[AwareDatetime, AfterValidator(_at)]
 WHEN = "a date and time with a UTC offset, e.g. 2026-12-01T09:00:00Z"
 
 
@@ -205,13 +266,28 @@ class SettingsModel(_Model):
         _SETTINGS.recv_window_ms,
         description="Milliseconds a signed request stays valid (XT advises <= 5000).",
     )
+    margin: Annotated[float, PlainValidator(_margin), WithJsonSchema(_MARGIN_SCHEMA)] = Field(
+        _SETTINGS.margin,
+        description="How much longer than the 1 s window a limiter slot waits, 0 to 1 "
+        "(0.05: 5 %), for network jitter; a key that still draws a 429 has it doubled.",
+    )
+    max_retry_after: PositiveFloat = Field(
+        _SETTINGS.max_retry_after,
+        description="Seconds: a Retry-After longer than this fails the job (and its key's "
+        "other jobs) instead of waiting.",
+    )
+    headers: Literal["xt-validate", "validate"] = Field(
+        "xt-validate",
+        description="Spelling of the signed headers: xt-validate-* (as ccxt and pyxt send) or "
+        "validate-* (as XT's current documentation writes).",
+    )
 
 
 class AccountModel(_Model):
-    api_key: Text = Field(
+    api_key: Credential = Field(
         repr=False, description="API key; write ${VAR} to read it from the environment."
     )
-    secret_key: Text = Field(
+    secret_key: Credential = Field(
         repr=False, description="Secret key; write ${VAR}, never the key itself."
     )
 
@@ -248,11 +324,15 @@ class JobModel(FollowParamsModel):
     account: Text = Field(description="Which entry of accounts follows.")
     leaderOrderId: LeaderId | None = Field(None, description="Whom to follow under the v4 API.")
     leaderAccountId: LeaderId | None = Field(None, description="Whom to follow under the v1 API.")
-    not_before: AwareDatetime | None = Field(None, description=f"Not sent before then: {WHEN}.")
+    not_before: When | None = Field(None, description=f"Not sent before then: {WHEN}.")
+    action: Literal["follow", "unfollow"] = Field(
+        "follow",
+        description="follow (the default) or unfollow: stop following the leader (api v1).",
+    )
 
 
 class ScheduleModel(_Model):
-    at: AwareDatetime | None = Field(None, description=f"Run once at this time: {WHEN}.")
+    at: When | None = Field(None, description=f"Run once at this time: {WHEN}.")
     cron: Annotated[str, AfterValidator(_cron)] | None = Field(
         None, description="Run on this 5-field cron expression (quote it in YAML)."
     )

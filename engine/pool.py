@@ -1,11 +1,12 @@
 """The worker pool: every job through its key's limiter, as fast as allowed.
 
-One dispatcher per limiter key takes that key's jobs in order, waits for a
-concurrency slot and for its limiter, and starts the attempt without waiting for
-it, so a key keeps several requests in flight and a slow or throttled key never
-holds up another. An attempt's outcome is judged by ``policy.judge``; a retry goes
-back on its key's queue after its backoff, through the limiter again, signed
-afresh. Finished jobs go to the collector.
+Jobs come from a ``JobSource`` as they fall due. One dispatcher per limit takes that
+limit's jobs in order, waits for a concurrency slot and for its limiter, and starts the
+attempt without waiting for it, so a key keeps several requests in flight and a slow or
+throttled key never holds up another. After each attempt ``policy`` says what the outcome
+means and what comes next (a ``Step``); the pool only carries steps out: a retry goes back
+to the source and comes round through the limiter again, signed afresh. Finished jobs go
+to the collector.
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ import contextlib
 import gc
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 from engine.campaign import Account, Campaign, FollowJob
-from engine.client import Answer, NotSentError, TransportError, XtClient
+from engine.client import AmbiguousError, Answer, XtClient
 from engine.clock import Clock, iso_utc, wall_clock
 from engine.collector import CampaignStats, Collector, KeyStats
-from engine.limiter import KeyLimiter
-from engine.policy import Decision, Verdict, backoff, judge
+from engine.limiter import Limiter, Limits, LocalLimits
+from engine.policy import Decision, Step, Verdict, escalate, judge, scrub
 from engine.results import JobResult
+from engine.sources import JobProgress, JobSource, MemorySource
 
 #: Seconds that requests in flight get to finish after a stop.
 GRACE_SECONDS = 5.0
@@ -37,31 +40,29 @@ GC_YOUNG_THRESHOLD = 10_000
 
 
 @dataclass(slots=True, eq=False)
-class _JobProgress:
-    """One job's progress through its attempts."""
+class _Key:
+    """One limit's share of the work."""
 
-    job: FollowJob
-    account: Account
-    attempts: int = 0
-    sent: bool = False
-    ambiguous: bool = False
-    in_flight: bool = False
-    skewed: bool = False
-    latency: float | None = None
-    #: When each attempt's request left (ISO 8601 UTC, ms), for the campaign's picture.
-    sent_at: list[str] = field(default_factory=list)
-    answer: Answer | None = None
-    decision: Decision | None = None
+    limiter: Limiter
+    queue: asyncio.Queue[_Job]
+    stats: KeyStats
+    #: Set when the limit's remaining jobs are to fail unsent, and why.
+    disabled: str | None = None
 
 
 @dataclass(slots=True, eq=False)
-class _Key:
-    """One limiter's share of the campaign."""
+class _Job:
+    """A job the pool holds: its progress, and what it knows of the current attempt."""
 
-    limiter: KeyLimiter
-    queue: asyncio.Queue[_JobProgress | None]
-    stats: KeyStats
-    pending: int = 0
+    progress: JobProgress
+    account: Account
+    key: _Key
+    in_flight: bool = False
+    #: The current attempt's request was written to the connection.
+    left: bool = False
+    latency: float | None = None
+    answer: Answer | None = None
+    decision: Decision | None = None
 
 
 class WorkerPool:
@@ -75,23 +76,29 @@ class WorkerPool:
         grace: float = GRACE_SECONDS,
         clock: Clock = wall_clock,
         halted: Callable[[], bool] = lambda: False,
+        limits: Limits | None = None,
     ) -> None:
         """``halted`` says, synchronously, that a stop was asked for (a signal handler may
         have seen it before the loop did): no request starts once it is true."""
         self.campaign = campaign
-        self.settings = campaign.settings
+        self.settings = settings = campaign.settings
         self.client = client
         self.collector = collector
         self.grace = grace
         self.clock = clock
+        self.limits = limits or LocalLimits(
+            settings.rate_limit, settings.margin, per_ip=settings.api.per_ip
+        )
         self._halted = halted
         self._rng = rng or random.Random()
-        self._slots = asyncio.Semaphore(self.settings.concurrency)
+        self._slots = asyncio.Semaphore(settings.concurrency)
         self._keys: dict[str, _Key] = {}
-        self._open: dict[str, _JobProgress] = {}
+        self._open: dict[str, _Job] = {}
         self._disabled: dict[str, str] = {}
+        self._risk_strikes: Counter[str] = Counter()
+        self._source: JobSource = MemorySource(())
+        self._dispatchers: set[asyncio.Task[None]] = set()
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._dispatchers: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._aborting = asyncio.Event()
         self._last_clock_sync = -CLOCK_SYNC_INTERVAL
@@ -101,15 +108,18 @@ class WorkerPool:
         return self.collector.stats
 
     async def process(self, jobs: Iterable[FollowJob]) -> CampaignStats:
-        """Run ``jobs`` until each is finished or the run is stopped."""
-        for job in jobs:
-            key = self._key_for(self.campaign.accounts[job.account])
-            key.pending += 1
-            key.queue.put_nowait(_JobProgress(job, self.campaign.accounts[job.account]))
-            self.stats.total += 1
-        self._dispatchers = [asyncio.create_task(self._dispatch(k)) for k in self._keys.values()]
+        """Run ``jobs`` until each is finished or the pool is stopped."""
+        source = MemorySource(jobs, self.clock)
+        self.stats.total = len(source.jobs)
+        return await self.serve(source)
+
+    async def serve(self, source: JobSource) -> CampaignStats:
+        """Run what ``source`` delivers until it is exhausted or the pool is stopped."""
+        self._source = source
         with _collector_tuned():
-            await _first_of(asyncio.gather(*self._dispatchers), self._stopping.wait())
+            if not (self._stopping.is_set() or self._halted()):
+                source.start(self._deliver)
+                await _first_of(source.exhausted(), self._stopping.wait())
             await self._wind_down()
         self.stats.ended = time.monotonic()
         return self.stats
@@ -123,28 +133,44 @@ class WorkerPool:
         self._stopping.set()
         self._aborting.set()
 
+    def _deliver(self, progress: JobProgress) -> None:
+        """A job fell due (again): onto its limit's queue, whose dispatcher starts with it."""
+        if self._stopping.is_set():
+            return
+        job = self._open.get(progress.job.id)
+        if job is None:
+            account = self.campaign.accounts[progress.job.account]
+            job = self._open[progress.job.id] = _Job(progress, account, self._key_for(account))
+        job.key.queue.put_nowait(job)
+
     def _key_for(self, account: Account) -> _Key:
-        name = "*" if self.settings.api.per_ip else account.api_key
+        name, label = self.limits.key_of(account.api_key, account.name)
         key = self._keys.get(name)
         if key is None:
-            label = "all keys (per IP)" if name == "*" else account.name
-            limiter = KeyLimiter(self.settings.rate_limit, track_sends=True)
+            limiter = self.limits.limiter(name)
             key = _Key(limiter, asyncio.Queue(), KeyStats(label, limiter.period))
             self._keys[name] = key
             self.stats.keys[name] = key.stats
+            self._spawn(self._dispatch(key), self._dispatchers)
         return key
+
+    def _spawn(self, work: Coroutine[None, None, None], tasks: set[asyncio.Task[None]]) -> None:
+        task = asyncio.create_task(work)
+        tasks.add(task)
+        task.add_done_callback(partial(self._reap, tasks))
+
+    def _reap(self, tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+        """A task ended: an error nobody expected stops the run, named, never silently."""
+        tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.stats.internal_error = self.stats.internal_error or f"internal error: {exc!r}"
+            self.stop()
 
     async def _dispatch(self, key: _Key) -> None:
         loop = asyncio.get_running_loop()
-        while key.pending and not self._stopping.is_set():
-            run = await key.queue.get()
-            if run is None:
-                continue
-            if self._drop_if_disabled(key, run):
-                continue
-            not_before = run.job.not_before
-            if not_before is not None and (wait := (not_before - self.clock()).total_seconds()) > 0:
-                loop.call_later(wait, key.queue.put_nowait, run)
+        while not self._stopping.is_set():
+            job = await key.queue.get()
+            if self._drop_if_disabled(key, job):
                 continue
             await self._slots.acquire()
             try:
@@ -153,71 +179,102 @@ class WorkerPool:
                 self._slots.release()
                 raise
             # The account may have been rejected, or the run stopped, while this one waited.
-            if self._stopping.is_set() or self._halted() or self._drop_if_disabled(key, run):
+            if self._stopping.is_set() or self._halted() or self._drop_if_disabled(key, job):
                 key.limiter.release(lane)
                 self._slots.release()
                 continue
             key.stats.sent_at(loop.time())
-            run.in_flight = True
-            task = asyncio.create_task(self._attempt(key, run, lane))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            job.in_flight = True
+            self._spawn(self._attempt(key, job, lane), self._in_flight)
 
-    def _drop_if_disabled(self, key: _Key, run: _JobProgress) -> bool:
-        """Fail ``run`` unsent if its account was rejected; True if so."""
-        reason = self._disabled.get(run.account.name)
+    def _drop_if_disabled(self, key: _Key, job: _Job) -> bool:
+        """Fail ``job`` unsent if its account or its limit was given up; True if so."""
+        reason = key.disabled or self._disabled.get(job.account.name)
         if reason is not None:
-            self._finish(key, run, Decision(Verdict.FAIL, reason))
+            self._finish(key, job, Decision(Verdict.FAIL, reason))
         return reason is not None
 
-    async def _attempt(self, key: _Key, run: _JobProgress, lane: int) -> None:
+    async def _attempt(self, key: _Key, job: _Job, lane: int) -> None:
         loop = asyncio.get_running_loop()
-        run.attempts += 1
-        self._open[run.job.id] = run
+        progress, account = job.progress, job.account
+        if self._halted():  # a stop came since this was dispatched: it never starts
+            key.limiter.release(lane)
+            self._slots.release()
+            job.in_flight = False
+            return
+        if progress.attempts == 0 and not self.collector.intend(self._line(job, "sending")):
+            # Not even its intent could be recorded: it must not leave.
+            key.limiter.release(lane)
+            self._slots.release()
+            job.in_flight = False
+            self.stop()
+            return
+        progress.attempts += 1
+        job.left = False
         started = loop.time()
-        account = run.account
+        outcome: Answer | Exception
         try:
-            on_sent = partial(self._left, key, run, lane)
-            outcome: Answer | TransportError = await self.client.follow(
-                account.api_key, account.secret_key, run.job.params, on_sent
-            )
-        except TransportError as exc:
+            on_sent = partial(self._left, key, job, lane)
+            if progress.job.action == "unfollow":
+                outcome = await self.client.unfollow(
+                    account.api_key, account.secret_key, progress.job.leader_id, on_sent
+                )
+            else:
+                outcome = await self.client.follow(
+                    account.api_key, account.secret_key, progress.job.params, on_sent
+                )
+        except Exception as exc:  # a TransportError, or anything: no job is ever left open
             outcome = exc
         finally:
             key.limiter.release(lane)
             self._slots.release()
-        run.in_flight = False
-        run.latency = loop.time() - started
-        run.sent |= not isinstance(outcome, NotSentError)
-        run.answer = outcome if isinstance(outcome, Answer) else None
-        decision = run.decision = judge(outcome)
-        run.ambiguous |= decision.ambiguous
-        if decision.slow_key:
-            key.limiter.pause(decision.retry_after or key.limiter.period)
-        if decision.resync_clock:
-            if run.skewed:
-                await self._sync_clock()
-            run.skewed = True
-        retry = decision.verdict is Verdict.RETRY
-        if retry and run.attempts < self.settings.max_attempts and not self._stopping.is_set():
-            delay = backoff(run.attempts, self._rng, decision.retry_after)
-            loop.call_later(delay, key.queue.put_nowait, run)
-            return
-        if decision.verdict is Verdict.DISABLE_ACCOUNT and run.answer and run.answer.envelope:
-            mc = run.answer.envelope.mc
-            self._disabled.setdefault(
-                account.name, f"not sent: account {account.name} rejected with {mc}"
-            )
-        if retry and run.attempts >= self.settings.max_attempts:
-            decision = Decision(
-                Verdict.FAIL, f"gave up after {run.attempts} attempts: {decision.error}"
-            )
-        self._finish(key, run, decision)
+        job.in_flight = False
+        job.latency = loop.time() - started
+        reached = job.left or isinstance(outcome, (Answer, AmbiguousError))
+        progress.sent |= reached
+        job.answer = outcome if isinstance(outcome, Answer) else None
+        decision = job.decision = judge(outcome, left=reached)
+        progress.ambiguous |= decision.ambiguous
+        progress.skews += decision.resync_clock
+        self._risk_strikes[account.name] += decision.risk_control
+        step = escalate(
+            decision,
+            account=account.name,
+            attempts=progress.attempts,
+            max_attempts=self.settings.max_attempts,
+            skews=progress.skews,
+            risk_strikes=self._risk_strikes[account.name],
+            stopping=self._stopping.is_set(),
+            max_retry_after=self.settings.max_retry_after,
+            period=key.limiter.period,
+            rng=self._rng,
+        )
+        await self._carry_out(key, job, step)
 
-    def _left(self, key: _Key, run: _JobProgress, lane: int) -> None:
-        """``run``'s request is leaving now: its lane counts from here."""
-        run.sent_at.append(iso_utc(self.clock(), "milliseconds"))
+    def _left(self, key: _Key, job: _Job, lane: int) -> None:
+        """``job``'s request is leaving now: its lane counts from here."""
+        job.left = True
+        job.progress.sent_at.append(iso_utc(self.clock(), "milliseconds"))
         key.limiter.sent(lane)
+
+    async def _carry_out(self, key: _Key, job: _Job, step: Step) -> None:
+        if step.widen_margin:
+            key.stats.margin = key.limiter.widen()
+        if step.pause_key:
+            key.limiter.pause(step.pause_key)
+        if step.disable_account:
+            self._disabled.setdefault(job.account.name, step.disable_account)
+        if step.disable_key and key.disabled is None:
+            key.disabled = step.disable_key
+        if step.stop_run:
+            self.stats.stopped_by = self.stats.stopped_by or step.stop_run
+            self.stop()
+        if step.sync_clock:
+            await self._sync_clock()
+        if step.finish is None:
+            self._source.retry(job.progress, step.retry_in)
+        else:
+            self._finish(key, job, step.finish)
 
     async def _sync_clock(self) -> None:
         loop = asyncio.get_running_loop()
@@ -228,31 +285,36 @@ class WorkerPool:
         with contextlib.suppress(Exception):
             await self.client.sync_clock()
 
-    def _finish(self, key: _Key, run: _JobProgress, decision: Decision) -> None:
-        self._open.pop(run.job.id, None)
-        envelope = run.answer.envelope if run.answer is not None else None
-        result = JobResult(
-            job=run.job.id,
-            account=run.account.name,
-            leader_field=self.settings.api.leader_field,
-            leader_id=run.job.leader_id,
-            status="ok" if decision.verdict is Verdict.OK else "failed",
-            rc=envelope.rc if envelope is not None else None,
-            mc=envelope.mc if envelope is not None else None,
-            http_status=run.answer.http_status if run.answer is not None else None,
-            attempts=run.attempts,
-            error=decision.error,
-            latency_ms=round(run.latency * 1000, 1) if run.latency is not None else None,
-            finished_at=iso_utc(self.clock(), "milliseconds"),
-            ambiguous=run.ambiguous,
-            sent=run.sent,
-            sent_at=tuple(run.sent_at),
-        )
-        key.pending -= 1
-        if key.pending == 0:
-            key.queue.put_nowait(None)
+    def _finish(self, key: _Key, job: _Job, decision: Decision) -> None:
+        self._open.pop(job.progress.job.id, None)
+        status = "ok" if decision.verdict is Verdict.OK else "failed"
+        result = self._line(job, status, decision.error)
+        self._source.finish(job.progress)
         if not self.collector.finish(result):
             self.stop()
+
+    def _line(self, job: _Job, status: str, error: str | None = None) -> JobResult:
+        """``job``'s results line as it stands: its intent (``sending``) or its outcome."""
+        progress, answer = job.progress, job.answer
+        envelope = answer.envelope if answer is not None else None
+        return JobResult(
+            job=progress.job.id,
+            account=job.account.name,
+            leader_field=self.settings.api.leader_field,
+            leader_id=progress.job.leader_id,
+            status=status,  # type: ignore[arg-type]
+            rc=envelope.rc if envelope is not None else None,
+            mc=envelope.mc if envelope is not None else None,
+            http_status=answer.http_status if answer is not None else None,
+            attempts=progress.attempts,
+            error=scrub(error, job.account.secret_key) if error else None,
+            latency_ms=round(job.latency * 1000, 1) if job.latency is not None else None,
+            finished_at=iso_utc(self.clock(), "milliseconds"),
+            ambiguous=progress.ambiguous,
+            sent=progress.sent,
+            sent_at=tuple(progress.sent_at),
+            result=envelope.result if envelope is not None else None,
+        )
 
     async def _wind_down(self) -> None:
         """After a stop: let requests in flight finish, then record what was left open."""
@@ -265,15 +327,19 @@ class WorkerPool:
         for task in list(self._in_flight):
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
-        for run in list(self._open.values()):
-            key = self._key_for(run.account)
-            if run.in_flight:
-                run.ambiguous = run.sent = True
+        for job in list(self._open.values()):
+            attempts = job.progress.attempts
+            if attempts == 0:
+                continue  # never attempted: nothing to record, a resume sends it
+            if job.in_flight and job.left:
+                job.progress.ambiguous = job.progress.sent = True
                 error = "interrupted with the request in flight: the exchange may have accepted it"
+            elif job.in_flight:
+                error = "interrupted before the request left: not sent"
             else:
-                last = run.decision.error if run.decision else "none"
-                error = f"interrupted after {run.attempts} attempts; last error: {last}"
-            self._finish(key, run, Decision(Verdict.FAIL, error))
+                last = job.decision.error if job.decision else "none"
+                error = f"interrupted after {attempts} attempts; last error: {last}"
+            self._finish(job.key, job, Decision(Verdict.FAIL, error))
 
 
 _tuned_runs = 0

@@ -8,36 +8,75 @@ they are reported together with whatever pydantic found.
 from __future__ import annotations
 
 import difflib
+import json
+import re
 from typing import Any
 
-from engine.models import MANDATORY_FIELDS, SECTIONS, WHEN, JobFileModel
+from engine.models import FOLLOW_FIELDS, MANDATORY_FIELDS, SECTIONS, WHEN, JobFileModel
 from engine.profiles import LEADER_FIELDS, ApiProfile
-from engine.yamlread import LineDict, LineList, Loc
+from engine.yamlread import LineDict, LineList, Loc, printable
 
 #: A secret shorter than this is no real key, and blotting it out would garble messages.
-_MIN_SECRET = 6
+MIN_SECRET = 6
 
 
-def _secrets(doc: LineDict) -> list[str]:
-    """Every account's secret key as read (``${VAR}`` resolved), longest first."""
+def _secrets(doc: LineDict) -> dict[str, str]:
+    """Every account's secret key as read (``${VAR}`` resolved) -> the account's name."""
     accounts = doc.get("accounts")
-    found = {
-        secret
-        for account in (accounts.values() if isinstance(accounts, dict) else ())
+    return {
+        secret: str(name)
+        for name, account in (accounts.items() if isinstance(accounts, dict) else ())
         if isinstance(account, dict)
         and isinstance(secret := account.get("secret_key"), str)
-        and len(secret) >= _MIN_SECRET
+        and len(secret) >= MIN_SECRET
     }
-    return sorted(found, key=len, reverse=True)
+
+
+def secret_uses(doc: LineDict) -> list[tuple[Loc, str]]:
+    """Every value outside a ``secret_key`` that holds an account's secret key (a job id
+    written ``${XT_ALICE_SECRET_KEY}``, a base_url), with the account: a secret may appear
+    only where it is used, or it would be printed, recorded and sent as something else."""
+    secrets = _secrets(doc)
+    if not secrets:
+        return []
+    pattern = re.compile("|".join(re.escape(s) for s in sorted(secrets, key=len, reverse=True)))
+    seen: dict[str, str | None] = {}
+    found: list[tuple[Loc, str]] = []
+    path: list[Any] = []
+
+    def walk(node: dict[Any, Any] | list[Any]) -> None:
+        for key, value in node.items() if isinstance(node, dict) else enumerate(node):
+            if type(value) is str:
+                if value not in seen:
+                    match = pattern.search(value)
+                    seen[value] = secrets[match[0]] if match else None
+                if seen[value] is not None and not _is_secret_key((*path, key)):
+                    found.append(((*path, key), seen[value]))
+            elif isinstance(value, (dict, list)):
+                path.append(key)
+                walk(value)
+                path.pop()
+
+    walk(doc)
+    return found
+
+
+def _is_secret_key(loc: Loc) -> bool:
+    return len(loc) == 3 and loc[0] == "accounts" and loc[2] == "secret_key"
 
 
 def redact(messages: list[str], doc: LineDict) -> list[str]:
-    """``messages`` with any secret key blotted out: a value quoted back to the user (a job
-    id, a symbol) may be a secret put in the wrong place, ``${XT_ALICE_SECRET_KEY}``."""
+    """``messages`` with any secret key blotted out, as written and as quoted back escaped
+    (``repr``, JSON): a value quoted back to the user may hold a secret in the wrong place."""
+    forms = {
+        form
+        for secret in _secrets(doc)
+        for form in (secret, repr(secret)[1:-1], json.dumps(secret)[1:-1], printable(secret))
+    }
     everything = "\n".join(messages)
-    found = [secret for secret in _secrets(doc) if secret in everything]
-    for secret in found:  # rarely any: the common case costs one scan per secret
-        messages = [message.replace(secret, "<secret>") for message in messages]
+    for form in sorted(forms, key=len, reverse=True):
+        if form in everything:  # rarely any: the common case costs one scan per form
+            messages = [message.replace(form, "<secret>") for message in messages]
     return messages
 
 
@@ -114,16 +153,22 @@ def _text(value: object) -> str | None:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _leader(job: dict[Any, Any], field: str) -> int | None:
+    """The job's leader id under ``field``, read from the raw entry as the model reads it."""
+    leader = job.get(field)
+    if isinstance(leader, str) and leader.isascii() and leader.isdigit() and len(leader) < 30:
+        leader = int(leader)
+    return leader if isinstance(leader, int) and not isinstance(leader, bool) else None
+
+
 def _job_id(job: object, leaders: tuple[str, ...]) -> str | None:
     """The job's ``id``, else ``<account>:<leader id>``, read from the raw entry."""
     if not isinstance(job, dict):
         return None
     account = _text(job.get("account"))
     for field in leaders:
-        leader = job.get(field)
-        if isinstance(leader, str) and leader.isascii() and leader.isdigit() and len(leader) < 30:
-            leader = int(leader)
-        if account and isinstance(leader, int) and not isinstance(leader, bool):
+        leader = _leader(job, field)
+        if account and leader is not None:
             return _text(job.get("id")) or f"{account}:{leader}"
     return _text(job.get("id"))
 
@@ -138,12 +183,21 @@ def check_jobs(doc: LineDict, profile: ApiProfile | None, add: Any) -> None:
     names = {_text(name) for name in accounts} if isinstance(accounts, dict) else None
     leaders = leader_fields(profile)
     seen: dict[str, int] = {}
+    follows: dict[tuple[str, int], int] = {}
     for i, job in enumerate(jobs):
         if not isinstance(job, dict):
             continue
-        for field in MANDATORY_FIELDS:
-            if (job[field] if field in job else defaults.get(field)) is None:
-                add(("jobs", i, field), "required: set it in the job or in defaults")
+        if job.get("action") == "unfollow":
+            for field in FOLLOW_FIELDS:
+                if field in job:
+                    add(("jobs", i, field), "an unfollow job takes no follow parameters")
+            if profile is not None and not profile.readable:
+                message = f"needs api v1: XT's cancel-follow is not part of the {profile.name} API"
+                add(("jobs", i, "action"), message)
+        else:
+            for field in MANDATORY_FIELDS:
+                if (job[field] if field in job else defaults.get(field)) is None:
+                    add(("jobs", i, field), "required: set it in the job or in defaults")
         if profile is not None:
             wrong = [field for field in leaders[1:] if field in job]
             for field in wrong:
@@ -159,3 +213,13 @@ def check_jobs(doc: LineDict, profile: ApiProfile | None, add: Any) -> None:
             loc = ("jobs", i, "id") if "id" in job else ("jobs", i)
             line = jobs.item_lines[first]
             add(loc, f"duplicate job id {job_id}: jobs[{first}] at line {line} has it too")
+        elif account and (leader := _leader(job, leaders[0])) is not None:
+            # One follow per account and leader: a second would set the first's settings anew.
+            first = follows.setdefault((account, leader), i)
+            if first != i:
+                line = jobs.item_lines[first]
+                add(
+                    ("jobs", i, leaders[0]),
+                    f"account {account} follows leader {leader} twice: jobs[{first}] at line "
+                    f"{line} and jobs[{i}] at line {jobs.item_lines[i]}",
+                )

@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 #: Below this much free space a run refuses to start: it could not record what it sends.
 MIN_FREE_BYTES = 1 << 20
+#: A byte-order mark some editors put first: not part of the first line.
+_BOM = b"\xef\xbb\xbf"
 
 
 class ResultsFileError(Exception):
@@ -36,7 +38,9 @@ class JobResult:
     #: ``leaderOrderId`` or ``leaderAccountId``, by API profile; the line's key.
     leader_field: str
     leader_id: int
-    status: Literal["ok", "failed"]
+    #: ``sending``: the intent line written before a job's first attempt; its state until
+    #: the outcome's line follows.
+    status: Literal["ok", "failed", "sending"]
     rc: int | None
     mc: str | None
     http_status: int | None
@@ -50,6 +54,10 @@ class JobResult:
     sent: bool = True
     #: When each attempt that left did so (ISO 8601 UTC, ms): what the campaign's picture plots.
     sent_at: tuple[str, ...] = ()
+    #: The envelope's ``result``, verbatim (``true`` for a follow that took).
+    result: Any = None
+    #: Found in place on the exchange on resume, so not sent again.
+    reconciled: bool = False
 
     def to_json(self) -> str:
         # Not dataclasses.asdict: its deep copy is most of a line's cost, and fields are flat.
@@ -91,36 +99,96 @@ def parse_results(lines: list[str], name: str) -> PastResults:
     return PastResults(last, warnings)
 
 
+class CampaignLock:
+    """An exclusive lock on ``JOBS.yaml.lock`` beside the job file, held while a run sends:
+    two runs of one campaign never both send, whatever happens to its results file (one
+    deleted, or another named with ``--results``). The lock file is made once and left in
+    place; a run whose lock file is deleted or replaced stops sending."""
+
+    def __init__(self, jobs_file: Path) -> None:
+        resolved = jobs_file.resolve()
+        self.path = resolved.with_name(resolved.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Raises ``ResultsFileError`` when another run holds it or it cannot be made."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise ResultsFileError(
+                f"{self.path}: cannot make the campaign's lock file beside the job file: "
+                f"{exc.strerror}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ResultsFileError(
+                f"{self.path}: in use by another run of this campaign; not starting"
+            ) from None
+        self._fd = fd
+
+    def held(self) -> bool:
+        """The lock file at the path is still the one locked."""
+        return self._fd is not None and _same_file(self._fd, self.path)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _same_file(fd: int, path: Path, mine: os.stat_result | None = None) -> bool:
+    """``fd`` (whose ``fstat`` is ``mine``, if at hand) is still the file at ``path``:
+    neither deleted nor replaced since it was opened."""
+    try:
+        mine = mine or os.fstat(fd)
+        there = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return mine.st_nlink > 0 and (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+
+
 class ResultLog:
     """Appends results to ``path``, holding an exclusive lock on it while open.
 
     Lines go straight to the file descriptor, unbuffered: a line the OS took is on
     record even if the process is killed the next instant, and a line it refused leaves
     nothing queued behind to fail again at close. A line the disk took only part of is
-    cut off again, so the file holds whole lines only.
+    cut off again, so the file holds whole lines only. A file deleted or replaced under
+    the run stops taking lines (``still_there``), as a full disk does.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: FileIO | None = None
 
-    def open(self, *, fresh: bool = False) -> PastResults:
+    def open(self, *, fresh: bool = False, jobs_file: Path | None = None) -> PastResults:
         """Lock the file and read what earlier runs recorded (nothing when ``fresh``).
-        Raises ``ResultsFileError`` when a run could not record what it sends."""
+        Raises ``ResultsFileError`` when a run could not record what it sends, or when the
+        path is not a results file to write: a symbolic link, the job file itself."""
         try:
-            file = FileIO(self.path, "a+")
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            file = FileIO(os.open(self.path, flags, 0o644), "a+")
         except OSError as exc:
-            raise ResultsFileError(
-                f"{self.path}: cannot open results file: {exc.strerror}"
-            ) from None
+            reason = (
+                "is a symbolic link; name the file itself"
+                if exc.errno == errno.ELOOP
+                else f"cannot open results file: {exc.strerror}"
+            )
+            raise ResultsFileError(f"{self.path}: {reason}") from None
         try:
-            self._check(file)
+            self._check(file, jobs_file)
             self._file = file
+            file.seek(0)
+            data = file.readall().removeprefix(_BOM)
             if fresh:
+                if data.strip() and not data.lstrip().startswith(b"{"):
+                    raise ResultsFileError(
+                        f"{self.path}: holds no results; --fresh would wipe it; not starting"
+                    )
                 file.truncate(0)
                 return PastResults({}, [])
-            file.seek(0)
-            data = file.readall()
             if data and not data.endswith(b"\n"):
                 # A torn last line (a kill mid-write) must not glue itself to the next record.
                 self._append(b"\n")
@@ -135,11 +203,14 @@ class ResultLog:
             raise
         return parse_results(data.decode("utf-8", "replace").split("\n"), str(self.path))
 
-    def _check(self, file: FileIO) -> None:
+    def _check(self, file: FileIO, jobs_file: Path | None) -> None:
         """Lock ``file`` and make sure it can take lines, else ``ResultsFileError``."""
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
             # A device or a FIFO: read never ends (/dev/zero) or blocks, or lines vanish.
             raise ResultsFileError(f"{self.path}: not a regular file; not starting")
+        if jobs_file is not None and _same_file(file.fileno(), jobs_file):
+            raise ResultsFileError(f"{self.path}: is the job file itself; not starting")
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -161,14 +232,21 @@ class ResultLog:
         """Write one line. Raises ``ResultsFileError`` when it cannot be kept."""
         self._append((result.to_json() + "\n").encode())
 
+    def still_there(self) -> bool:
+        """The file at the path is still the one written: not deleted, not replaced."""
+        return self._file is not None and _same_file(self._file.fileno(), self.path)
+
     def _append(self, data: bytes) -> None:
         file = self._file
         assert file is not None, "ResultLog.open() first"
         fd = file.fileno()
         try:
-            size = os.fstat(fd).st_size
+            mine = os.fstat(fd)
         except OSError as exc:
             raise ResultsFileError(f"{self.path}: cannot write results: {exc.strerror}") from None
+        if not _same_file(fd, self.path, mine):
+            raise ResultsFileError(f"{self.path}: the results file was deleted or replaced")
+        size = mine.st_size
         view = memoryview(data)
         try:
             while view:

@@ -16,14 +16,13 @@ import contextlib
 import dataclasses
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TextIO
-from zoneinfo import ZoneInfo
 
-from croniter import croniter
 from rich.console import Console
 
+from engine import cron
 from engine.campaign import Campaign, Schedule
 from engine.clock import Clock, iso_utc
 from engine.jobfile import JobFileError
@@ -35,7 +34,7 @@ from engine.launch import (
     launch_and_report,
 )
 from engine.report import Countdown
-from engine.results import ResultLog, ResultsFileError
+from engine.results import CampaignLock, ResultLog, ResultsFileError
 from engine.signals import StopSignals
 
 #: A firing missed by less than this still runs: system cron or a systemd timer starts
@@ -50,16 +49,21 @@ Loader = Callable[[], Campaign]
 def next_firing(schedule: Schedule, after: datetime) -> datetime:
     """The first firing of ``schedule.cron`` strictly after ``after``, in UTC."""
     assert schedule.cron is not None, "a cron schedule"
-    local = after.astimezone(ZoneInfo(schedule.timezone))
-    return croniter(schedule.cron, local).get_next(datetime).astimezone(timezone.utc)
+    return cron.next_firing(schedule.cron, schedule.timezone, after)
 
 
-def check_results(path: Path) -> None:
+def check_results(path: Path, jobs_file: Path) -> None:
     """Raise ``ResultsFileError`` now if the results file cannot be used (locked by another
-    run, not writable, disk full), rather than at a start time hours away."""
-    log = ResultLog(path)
-    log.open()
-    log.close()
+    run, not writable, disk full, the job file itself) or another run of the campaign is
+    sending, rather than at a start time hours away."""
+    lock = CampaignLock(jobs_file)
+    lock.acquire()
+    try:
+        log = ResultLog(path)
+        log.open(jobs_file=jobs_file)
+        log.close()
+    finally:
+        lock.release()
 
 
 async def wait_until(

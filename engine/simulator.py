@@ -7,7 +7,9 @@ seed so that a failing run can be replayed.
 
 Answers follow ``xt-api-notes.md``: HTTP 200 with ``{"rc","mc","ma","result"}``, except 429/5xx.
 A refused parameter is answered ``rc 1`` with ``INVALID_PARAMETER`` and the field's name in ``ma``:
-XT documents no code for it.
+XT documents no code for it, so this is an assumption (``FAILURE``, its generic "fail").
+Signatures are checked by code of the simulator's own, never the client's: a mistake the two
+shared would otherwise pass every test.
 """
 
 from __future__ import annotations
@@ -21,19 +23,28 @@ import re
 import sys
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
 
-from engine.profiles import TIME_PATH, V1, V4, ApiProfile
-from engine.signing import ALGORITHM, sign, signature_payload
+from engine.profiles import (
+    ACCOUNT_ENDPOINTS_RATE,
+    CANCEL_FOLLOW_PATH,
+    LEADER_CONFIG_PATH,
+    MY_LEADERS_PATH,
+    TIME_PATH,
+    USER_STATUS_PATH,
+    V1,
+    V4,
+)
+from engine.sim_accounts import SimAccounts
 
 SUCCESS = "SUCCESS"
 #: The ``mc`` for a refused parameter, missing field, unknown field or non-JSON request body.
-INVALID_PARAMETER = "COMMON_001"
+INVALID_PARAMETER = "FAILURE"
 #: A client clock this far ahead of the server's is refused (XT's documentation: 1 s).
 MAX_AHEAD_MS = 1000
 
@@ -81,6 +92,7 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "symbols": lambda v: isinstance(v, str) and _SYMBOLS.fullmatch(v) is not None,
 }
 _BY_PATH = {p.path: p for p in (V4, V1)}
+FOLLOW_PATHS = frozenset(_BY_PATH)
 _VALIDATE = ("algorithms", "appkey", "recvwindow", "timestamp", "signature")
 _REQUIRED = ("followType", "followVal", "followLossOperate", "autoFollowSymbol", "symbols")
 
@@ -131,10 +143,32 @@ class Arrival:
     fault: str | None
 
 
-def _envelope(mc: str, ma: Sequence[str] = ()) -> web.Response:
-    if mc == SUCCESS:
+def _envelope(mc: str, ma: Sequence[str] = (), result: Any = None) -> web.Response:
+    if mc == SUCCESS and result is True:
         return web.Response(body=_SUCCESS_BODY, content_type="application/json")
-    return web.json_response({"rc": 1, "mc": mc, "ma": list(ma), "result": None})
+    envelope = {"rc": 0 if mc == SUCCESS else 1, "mc": mc, "ma": list(ma), "result": result}
+    return web.json_response(envelope, dumps=_dumps)
+
+
+def _dumps(data: Any) -> str:
+    """JSON with the exact numbers kept as ``Decimal`` written as numbers."""
+    return json.dumps(data, default=_number)
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _leader_of(path: str, data: Any, query: Mapping[str, str]) -> int | None:
+    """The leader a request names: in a follow's body, or in the query (cancel-follow,
+    follow-leader-config); what faults are scripted by."""
+    if path in _BY_PATH:
+        leader = data.get(_BY_PATH[path].leader_field) if isinstance(data, dict) else None
+        return leader if isinstance(leader, int) and not isinstance(leader, bool) else None
+    text = query.get("leaderAccountId", "")
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def _fault_answer(fault: str) -> tuple[web.Response | None, str | None]:
@@ -184,6 +218,24 @@ def _bad_field(data: Any, leader_field: str) -> str | None:
     return next((name for name in (leader_field, *_REQUIRED) if name not in data), None)
 
 
+def _signature(secret: str, request: web.Request, prefix: str, body: str | None) -> str:
+    """XT's signature of ``request`` as the exchange would compute it from what arrived: the
+    validate headers received (all but the signature), by name, ``name=value`` joined by
+    ``&``; then ``#METHOD#PATH``, and ``#`` with the body, or with the query by key."""
+    received = sorted(
+        (name.lower(), value)
+        for name, value in request.headers.items()
+        if name.lower().startswith(prefix) and name.lower() != prefix + "signature"
+    )
+    text = "&".join(f"{name}={value}" for name, value in received)
+    text += f"#{request.method}#{request.path}"
+    if body is not None:
+        text += f"#{body}"
+    elif request.query:
+        text += "#" + "&".join(f"{k}={v}" for k, v in sorted(request.query.items()))
+    return hmac.new(secret.encode(), text.encode(), "sha256").hexdigest()
+
+
 def max_in_window(times: Sequence[float], window: float) -> int:
     """Most of the sorted ``times`` inside any half-open ``window``, by two pointers."""
     best = start = 0
@@ -218,10 +270,15 @@ class Simulator:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._rng = random.Random(self.config.seed)
         self._runner: web.AppRunner | None = None
+        #: Who follows whom, with which settings; what the account endpoints answer from.
+        self.state = SimAccounts()
         self.app = web.Application()
         self.app.router.add_get(TIME_PATH, self._time)
         for path in _BY_PATH:
-            self.app.router.add_post(path, self._follow)
+            self.app.router.add_post(path, self._signed)
+        self.app.router.add_post(CANCEL_FOLLOW_PATH, self._signed)
+        for path in (USER_STATUS_PATH, MY_LEADERS_PATH, LEADER_CONFIG_PATH):
+            self.app.router.add_get(path, self._signed)
 
     def script(self, leader_id: int, faults: Sequence[str]) -> None:
         """The next arrivals for ``leader_id`` get ``faults`` in order, after earlier scripts."""
@@ -245,12 +302,18 @@ class Simulator:
                 future.set_result(None)
         self._waiters = [(c, f) for c, f in self._waiters if not f.done()]
 
-    def max_in_window(self, api_key: str | None, window: float = 1.0) -> int:
-        """Most follow arrivals of ``api_key`` (every key when None) within any ``window`` s."""
+    def max_in_window(
+        self,
+        api_key: str | None,
+        window: float = 1.0,
+        paths: Collection[str] = FOLLOW_PATHS,
+    ) -> int:
+        """Most arrivals at ``paths`` (the follow endpoints unless told) of ``api_key``
+        (every key when None) within any ``window`` seconds."""
         times = sorted(
             a.t
             for a in self.arrivals
-            if a.path != TIME_PATH and (api_key is None or a.api_key == api_key)
+            if a.path in paths and (api_key is None or a.api_key == api_key)
         )
         return max_in_window(times, window)
 
@@ -284,38 +347,43 @@ class Simulator:
             {"rc": 0, "mc": SUCCESS, "ma": [], "result": {"serverTime": self.server_time_ms()}}
         )
 
-    async def _follow(self, request: web.Request) -> web.StreamResponse:
+    async def _signed(self, request: web.Request) -> web.StreamResponse:
+        """Every signed endpoint: the limit, then a fault, then XT's checks, then the
+        endpoint's own answer from the accounts' state."""
         t = time.monotonic()
-        profile = _BY_PATH[request.path]
+        path = request.path
         raw = await request.read()
         prefix = "xt-validate-" if "xt-validate-appkey" in request.headers else "validate-"
         api_key = request.headers.get(prefix + "appkey", "")
         body = raw.decode("utf-8", "replace") if raw else None
         data = _parse(body)
-        leader = data.get(profile.leader_field) if isinstance(data, dict) else None
-        leader_id = leader if isinstance(leader, int) and not isinstance(leader, bool) else None
+        leader_id = _leader_of(path, data, request.query)
 
         fault: str | None = None
         response: web.Response | None
         mc: str | None = None
-        retry_after = self._admit(None if self.config.per_ip else api_key, t)
+        retry_after = self._admit(*self._window_of(path, api_key), t)
         if retry_after:
             self.violations += 1
             response = web.Response(status=429, headers={"Retry-After": str(retry_after)})
         else:
             fault = self._fault(leader_id)
             if fault in (None, DROP_AFTER, SLOW):
-                mc, ma = self._verdict(request, prefix, profile, body, data)
-                if mc == SUCCESS:
-                    self.accepted[(api_key, leader_id)] += 1
-                response = None if fault == DROP_AFTER else _envelope(mc, ma)
+                refused = self._refusal(request, prefix, body)
+                result: Any = None
+                if refused is None:
+                    mc, ma, result = self._answer(path, api_key, data, request.query)
+                else:
+                    mc, ma = refused
+                response = None if fault == DROP_AFTER else _envelope(mc, ma, result)
             else:
                 response, mc = _fault_answer(fault)
         status = response.status if response is not None else 0
-        self.arrivals.append(Arrival(t, api_key, profile.path, leader_id, status, mc, fault))
-        self._follows += 1
-        if self._waiters:
-            self._wake_waiters()
+        self.arrivals.append(Arrival(t, api_key, path, leader_id, status, mc, fault))
+        if path in FOLLOW_PATHS:
+            self._follows += 1
+            if self._waiters:
+                self._wake_waiters()
 
         delay = self.config.latency + (self.config.slow_seconds if fault == SLOW else 0)
         if delay:
@@ -326,13 +394,49 @@ class Simulator:
             return web.Response()
         return response
 
-    def _admit(self, key: str | None, now: float) -> int:
+    def _window_of(self, path: str, api_key: str) -> tuple[str | None, float]:
+        """Which sliding window an arrival counts in, and its limit. Under a per-IP rule every
+        signed endpoint shares the one window (as the engine assumes: XT does not say
+        whether its endpoints' 2/s per IP are counted apart); else a follow counts per key
+        and the account endpoints per IP, at their own rate."""
+        if self.config.per_ip:
+            return None, self.config.rate_limit
+        if path in FOLLOW_PATHS:
+            return api_key, self.config.rate_limit
+        return "account endpoints", ACCOUNT_ENDPOINTS_RATE
+
+    def _answer(
+        self, path: str, api_key: str, data: Any, query: Mapping[str, str]
+    ) -> tuple[str, Sequence[str], Any]:
+        """``mc``, ``ma`` and ``result`` of a request that passed XT's checks."""
+        if path in _BY_PATH:
+            field = _bad_field(data, _BY_PATH[path].leader_field)
+            if field:
+                return INVALID_PARAMETER, (field,), None
+            leader = data[_BY_PATH[path].leader_field]
+            mc = self.state.follow(api_key, leader, data)
+            if mc == SUCCESS:
+                self.accepted[(api_key, leader)] += 1
+            return mc, (), True if mc == SUCCESS else None
+        if path == CANCEL_FOLLOW_PATH:
+            leader_id = _leader_of(path, data, query)
+            if leader_id is None:
+                return INVALID_PARAMETER, ("leaderAccountId",), None
+            mc = self.state.cancel(api_key, leader_id)
+            return mc, (), True if mc == SUCCESS else None
+        if path == USER_STATUS_PATH:
+            return SUCCESS, (), self.state.role(api_key)
+        read = self.state.my_leaders if path == MY_LEADERS_PATH else self.state.config
+        mc, result = read(api_key, query)
+        return mc, ("query",) if mc != SUCCESS else (), result
+
+    def _admit(self, key: str | None, rate: float, now: float) -> int:
         """0 when the arrival fits the sliding window, else whole seconds until it would."""
         times = self._recent[key]
         horizon = now - self.config.window
         while times and times[0] <= horizon:
             times.popleft()
-        if len(times) + 1 > self.config.rate_limit:
+        if len(times) + 1 > rate:
             return max(1, math.ceil(times[0] - horizon))
         times.append(now)
         return 0
@@ -345,10 +449,11 @@ class Simulator:
             return self._rng.choice(self.config.fault_kinds)
         return None
 
-    def _verdict(
-        self, request: web.Request, prefix: str, profile: ApiProfile, body: str | None, data: Any
-    ) -> tuple[str, tuple[str, ...]]:
-        """The ``mc`` and ``ma`` XT answers when no fault intervenes (its ``errorCode.md``)."""
+    def _refusal(
+        self, request: web.Request, prefix: str, body: str | None
+    ) -> tuple[str, Sequence[str]] | None:
+        """The ``mc`` and ``ma`` XT refuses a request with for its headers, key, signature,
+        clock or content type (its ``errorCode.md``); None when it passes."""
         found = {name: request.headers.get(prefix + name) for name in _VALIDATE}
         key, stamp_text, window_text = found["appkey"], found["timestamp"], found["recvwindow"]
         algorithm, signature = found["algorithms"], found["signature"]
@@ -359,7 +464,7 @@ class Simulator:
             (window_text is None, "AUTH_003"),
             (not window, "AUTH_004"),
             (algorithm is None, "AUTH_005"),
-            (algorithm != ALGORITHM, "AUTH_006"),
+            (algorithm != "HmacSHA256", "AUTH_006"),
             (not signature, "AUTH_007"),
         ):
             if failed:
@@ -368,18 +473,16 @@ class Simulator:
             secret = self.accounts.get(key)
             if secret is None:
                 return "AUTH_101", ()
-            signed = {prefix + name: found[name] for name in _VALIDATE if name != "signature"}
-            expected = sign(secret, signature_payload(signed, request.method, profile.path, body))
+            expected = _signature(secret, request, prefix, body)
             given = signature.lower().encode("utf-8", "replace")
             if not hmac.compare_digest(expected.encode(), given):
                 return "AUTH_103", ()
         now = self.server_time_ms()
         if now - stamp >= window or stamp - now > MAX_AHEAD_MS:
             return "AUTH_105", ()
-        if request.content_type != "application/json":
+        if request.method == "POST" and request.content_type != "application/json":
             return INVALID_PARAMETER, ("Content-Type",)
-        bad = _bad_field(data, profile.leader_field)
-        return (INVALID_PARAMETER, (bad,)) if bad else (SUCCESS, ())
+        return None
 
 
 async def serve(

@@ -83,24 +83,24 @@ class LineList(list[Any]):
 
 
 def _int(text: str) -> int | str:
-    digits = text.replace("_", "")
-    if digits.lstrip("+-").isdigit():  # YAML 1.2: 0123 is decimal, not 1.1's octal
-        if len(digits) > 100:
+    """Plain decimal digits only (YAML 1.2: 0123 is decimal, not 1.1's octal). Hex, binary,
+    ``1_000`` and base 60 are left as text, which no number field takes: a number is sent
+    in the digits the user wrote, never converted from another notation."""
+    if text.isascii() and text.lstrip("+-").isdigit():
+        if len(text) > 100:
             raise ValueError(text)
-        return int(digits)
-    if ":" in digits:
-        return text  # base 60 (1:30): left as text, which no number field takes
-    return _SAFE.construct_yaml_int(yaml.ScalarNode(_T + "int", text))  # 0x.., 0b..
+        return int(text)
+    return text
 
 
 def _decimal(text: str) -> Decimal | str:
-    plain = text.replace("_", "").lower()
+    plain = text.lower()
     if plain.lstrip("+-") == ".inf":
         return Decimal("-Infinity" if plain[0] == "-" else "Infinity")
     if plain == ".nan":
         return Decimal("NaN")
-    if ":" in plain:
-        return text  # base 60 (1:30.5): left as text, which no number field takes
+    if "_" in plain or ":" in plain:
+        return text  # 1_000.5 or base 60 (1:30.5): left as text, which no number field takes
     number = Decimal(plain)
     if number.is_snan():
         raise ValueError(text)
@@ -220,7 +220,8 @@ class Builder:
         loc = [len(f.container) if type(f.container) is LineList else f.key for f in self.stack]
         return tuple(loc[:-1] if loc and loc[-1] is _NO_KEY else loc)  # a key: its mapping
 
-    def _problem(self, line: int, loc: Loc, message: str) -> None:
+    def problem(self, line: int, loc: Loc, message: str) -> None:
+        """Report a problem at ``loc``; pydantic's own about it is then dropped."""
         self.problems.append((line, loc, message))
         self.flagged.add(loc)
 
@@ -254,7 +255,7 @@ class Builder:
         try:
             return build(text)
         except (ValueError, ArithmeticError, LookupError):
-            self._problem(_line(event), self._loc(), f"not a valid {tag.removeprefix(_T)}")
+            self.problem(_line(event), self._loc(), f"not a valid {tag.removeprefix(_T)}")
             return text
 
     def _substitute(self, text: str, event: ScalarEvent) -> str:
@@ -284,7 +285,7 @@ class Builder:
         result = _REF.sub(one, text)
         loc = self._loc()
         for message in messages:
-            self._problem(_line(event), loc, message)
+            self.problem(_line(event), loc, message)
         if messages:
             return text
         if used and len(loc) == 3 and loc[0] == "accounts" and loc[2] == "secret_key":
@@ -341,7 +342,7 @@ class Builder:
         else:
             if top.key in container:
                 first = container.key_lines[top.key]
-                self._problem(top.key_line, self._loc(), f"duplicate key (first at line {first})")
+                self.problem(top.key_line, self._loc(), f"duplicate key (first at line {first})")
             else:
                 container[top.key] = value
                 container.key_lines[top.key] = top.key_line

@@ -366,6 +366,21 @@ def last_lines(path: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
     return past.last, past.warnings
 
 
+def outcome_lines(path: Path) -> list[dict[str, Any]]:
+    """The lines of a results file that record an outcome, in order, each checked to come
+    after its job's intent line (``sending``) when the job was attempted."""
+    intended: set[str] = set()
+    outcomes = []
+    for text in path.read_text().splitlines():
+        line = json.loads(text)
+        if line["status"] == "sending":
+            intended.add(line["job"])
+            continue
+        assert line["attempts"] == 0 or line["job"] in intended, f"no intent before {line}"
+        outcomes.append(line)
+    return outcomes
+
+
 def ok_jobs(path: Path) -> set[str]:
     return {job for job, line in last_lines(path)[0].items() if line.get("status") == "ok"}
 

@@ -19,6 +19,7 @@ from tests.support import (
     WriteJobs,
     engine_env,
     key_of,
+    outcome_lines,
     secret_of,
     start_piped,
 )
@@ -94,15 +95,15 @@ def test_run_simulate_then_resume_sends_nothing_twice(cli: CliRunner, tmp_path: 
     shutil.copy(SAMPLE, jobs)
     first = cli.invoke(main, ["run", str(jobs), "--simulate", "--sim-latency", "0"])
     assert first.exit_code == 0, first.output
-    lines = [
-        json.loads(line) for line in jobs.with_suffix(".results.jsonl").read_text().splitlines()
-    ]
+    results = jobs.with_suffix(".results.jsonl")
+    lines = outcome_lines(results)
+    recorded = results.read_text()
     assert len(lines) == 12 and {line["status"] for line in lines} == {"ok"}
     assert "12 jobs: 12 ok, 0 failed" in first.stdout
     second = cli.invoke(main, ["run", str(jobs), "--simulate"])
     assert second.exit_code == 0
     assert "skipping 12 jobs already ok" in second.stderr
-    assert len(jobs.with_suffix(".results.jsonl").read_text().splitlines()) == 12
+    assert results.read_text() == recorded
 
 
 async def run_cli(*args: str) -> tuple[int, str, str]:
@@ -121,7 +122,7 @@ async def test_failed_jobs_exit_1_and_are_recorded(
         "run", str(job_path), "--base-url", sim.base_url or "", "--concurrency", "1"
     )
     assert code == 1, err
-    lines = [json.loads(x) for x in job_path.with_suffix(".results.jsonl").read_text().splitlines()]
+    lines = outcome_lines(job_path.with_suffix(".results.jsonl"))
     assert [line["mc"] for line in lines] == ["AUTH_103", None]
     assert lines[1]["error"] == "not sent: account alice rejected with AUTH_103"
     assert len(sim.arrivals) == 1

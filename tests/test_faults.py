@@ -45,6 +45,7 @@ from tests.support import (
     last_lines,
     make_campaign,
     ok_jobs,
+    outcome_lines,
     run_against,
     unrecorded_lines,
 )
@@ -64,7 +65,9 @@ EVERY_FAULT = (
     "COPY_TRADE_SPOT_000",
 )
 #: The request may have been acted on, and no answer says whether.
-AMBIGUOUS_FAULTS = {DROP_BEFORE, DROP_AFTER, NON_JSON, SLOW}
+#: Faults after which the client cannot know the exchange did not act: no answer, an
+#: unreadable one, or a 5xx (which may come after the origin acted).
+AMBIGUOUS_FAULTS = {DROP_BEFORE, DROP_AFTER, NON_JSON, SLOW, HTTP500, HTTP502, HTTP503}
 
 
 async def test_every_fault_at_once_each_job_ends_right_and_the_limit_holds(
@@ -270,9 +273,13 @@ async def test_a_write_failure_stops_dispatching(tmp_path: Path, simulator: Star
         stats = await asyncio.wait_for(runner.process(campaign.jobs), 20)
     log.close()
     assert stats.write_error is not None
-    # Sent: the three on record, the one whose line failed, and what was in flight then.
+    # Three lines went on record (intents and outcomes); nothing left without its intent on
+    # record, and every follow sent has its outcome either on record or among the unrecorded.
     assert len(sim.arrivals) <= 3 + concurrency
-    assert len(stats.unrecorded) == len(sim.arrivals) - 3
+    recorded = outcome_lines(tmp_path / "r.jsonl")
+    assert len(recorded) + len(stats.unrecorded) == len(sim.arrivals)
+    intents = {line["job"] for line in last_lines(tmp_path / "r.jsonl")[0].values()}
+    assert {f"alice:{a.leader_id}" for a in sim.arrivals} <= intents
 
 
 async def test_a_disk_full_mid_run_stops_sending_and_prints_what_it_could_not_record(

@@ -311,8 +311,8 @@ def test_a_secret_quoted_back_in_a_message_is_blotted_out(tmp_path: Path) -> Non
         load(path, env=ENV)
     message = str(caught.value)
     assert SECRET not in message
-    assert "symbols: '<secret>': not a lower-case base_quote pair" in message
-    assert "job <secret> (jobs[0])" in message
+    assert "symbols: holds the secret key of account alice" in message
+    assert "job <secret> (jobs[0]): id: holds the secret key of account alice" in message
 
 
 # --- The CLI on hostile job files: exit 2, a clear message, nothing sent --------------------
@@ -375,7 +375,7 @@ HOSTILE = [
                 "symbols: xt_usdt,btc_usdt", "symbols: ${XT_ALICE_SECRET_KEY}"
             ),
         ),
-        "not a lower-case base_quote pair",
+        "defaults.symbols: holds the secret key of account alice",
     ),
 ]
 
@@ -545,8 +545,10 @@ async def _follow_once(base_url: str, tmp_path: Path, **settings: Any) -> JobRes
     finally:
         log.close()
     lines = results.read_text().splitlines()
-    assert len(lines) == 1 and len(lines[0]) < 2000  # whole, and small however big the body
-    line = json.loads(lines[0])
+    # Its intent, then its outcome: each whole, and small however big the body.
+    assert len(lines) == 2 and all(len(line) < 2000 for line in lines)
+    assert json.loads(lines[0])["status"] == "sending"
+    line = json.loads(lines[1])
     line["leader_field"] = "leaderOrderId"
     line["leader_id"] = line.pop("leaderOrderId")
     return JobResult(**line)

@@ -3,7 +3,6 @@ them, exit 130; a second Ctrl-C stops at once, still recording every request in 
 
 from __future__ import annotations
 
-import json
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,7 +10,14 @@ from typing import Any
 import pytest
 
 from engine.simulator import SimConfig
-from tests.support import Engines, StartSimulator, WriteJobs, accounts_of, engine_env
+from tests.support import (
+    Engines,
+    StartSimulator,
+    WriteJobs,
+    accounts_of,
+    engine_env,
+    outcome_lines,
+)
 
 ACCOUNTS = {"alice": 30}
 #: The exit code and the results file's lines.
@@ -45,7 +51,7 @@ def interrupt_after_ten(
         arrivals = len(sim.arrivals)
         assert "stopping: no new requests" in finished.err
         assert arrivals == 10, "nothing may be sent after the first Ctrl-C"
-        return finished.code, [json.loads(line) for line in results.read_text().splitlines()]
+        return finished.code, outcome_lines(results)
 
     return interrupt
 

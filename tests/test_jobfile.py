@@ -60,7 +60,7 @@ ROUND_TRIP = BASE + (
     "    leaderOrderId: '9223372036854775807'\n"
     "    followType: FUND\n"
     "    followVal: '100.10'\n"
-    "    triggerProfitRate: 1_000.5\n"
+    "    triggerProfitRate: 1000.5\n"
     "    symbols: ' xt_usdt , eth_usdt'\n"
     "base_url: https://example.test/\n"
 )
@@ -319,7 +319,10 @@ def test_missing_variable_is_named_and_secrets_never_printed(tmp_path: Path) -> 
     text = NO_ID.replace("${XT_ALICE_API_KEY}", "${XT_MISSING_KEY}") + "    id: ${BAD\n"
     found = problems(tmp_path, text.replace("0.50", "${XT_ALICE_SECRET_KEY}"))
     assert found[0] == "F:4: accounts.alice.api_key: environment variable XT_MISSING_KEY is not set"
-    assert found[1] == "F:14: job ${BAD (jobs[0]): followVal: must be a number"
+    assert found[1] == (
+        "F:14: job ${BAD (jobs[0]): followVal: "
+        "holds the secret key of account alice; a secret belongs in secret_key only"
+    )
     assert found[2] == (
         "F:15: job ${BAD (jobs[0]): id: "
         "'${' must start ${NAME} or ${NAME:-default} (write $${ for a literal ${)"

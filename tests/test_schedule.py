@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import signal
 from datetime import datetime, timedelta, timezone
@@ -37,6 +36,7 @@ from tests.support import (
     accounts_of,
     engine_env,
     last_lines,
+    outcome_lines,
     secret_of,
     secret_var,
     start_piped,
@@ -98,7 +98,7 @@ class ScheduleRun:
         return asyncio.create_task(self.scheduler.run(once=once))
 
     def lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.results.read_text().splitlines()]
+        return outcome_lines(self.results)
 
 
 async def terminate(task: asyncio.Task[int]) -> int:
@@ -444,5 +444,5 @@ async def test_schedule_once_under_system_cron_runs_now(write_jobs: WriteJobs) -
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, err
     assert "3 jobs: 3 ok, 0 failed" in out.decode()
-    lines = path.with_suffix(".results.jsonl").read_text().splitlines()
-    assert [json.loads(line)["status"] for line in lines] == ["ok"] * 3
+    lines = outcome_lines(path.with_suffix(".results.jsonl"))
+    assert [line["status"] for line in lines] == ["ok"] * 3

@@ -19,7 +19,7 @@ from engine.cli import main
 from engine.client import NotSentError, XtClient
 from engine.launch import InsecureTransportError, check_transport
 from engine.profiles import V4
-from engine.signing import SIGNATURE_HEADER, sign, signature_payload
+from engine.signing import sign, signature_payload
 from engine.simulator import SimConfig, Simulator
 from tests.support import (
     BASE_LEADER,
@@ -33,6 +33,7 @@ from tests.support import (
     secret_of,
 )
 
+SIGNATURE_HEADER = "xt-validate-signature"
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNTS = {"alice": 4, "bob": 2}
 SECRETS = [secret_of(a) for a in ACCOUNTS]
@@ -122,8 +123,11 @@ async def test_no_command_prints_a_secret_or_a_signature(tmp_path: Path, engine:
         for n, fault in enumerate(["drop_after", "non_json", "http500", "COPY_TRADE_SPOT_006"]):
             sim.script(BASE_LEADER + n, [fault])
         url = sim.base_url or ""
+        # Two runs of one job file never send together: the simulated one gets its own copy.
+        twin = tmp_path / "twin.yaml"
+        twin.write_text(good.read_text())
         await asyncio.gather(
-            run("simulate-run", "run", str(good), "--simulate", "--results", str(tmp_path / "s")),
+            run("simulate-run", "run", str(twin), "--simulate", "--results", str(tmp_path / "s")),
             run("faults", "run", str(good), "--base-url", url, "--results", str(tmp_path / "f")),
             run("run-bad", "run", str(bad), "--base-url", url, "--results", str(tmp_path / "b")),
         )
