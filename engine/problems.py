@@ -50,8 +50,9 @@ def secret_uses(doc: LineDict) -> list[tuple[Loc, str]]:
                 if value not in seen:
                     match = pattern.search(value)
                     seen[value] = secrets[match[0]] if match else None
-                if seen[value] is not None and not _is_secret_key((*path, key)):
-                    found.append(((*path, key), seen[value]))
+                account = seen[value]
+                if account is not None and not _is_secret_key((*path, key)):
+                    found.append(((*path, key), account))
             elif isinstance(value, (dict, list)):
                 path.append(key)
                 walk(value)
