@@ -43,9 +43,9 @@ def write_jobs(tmp_path: Path) -> WriteJobs:
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[Engines]:
+async def engines(tmp_path: Path) -> AsyncIterator[Engines]:
     """``follow-engine`` processes for this test, their output in its directory: ``await
-    engine.run(*args, env=...)`` to the end, or ``await engine.start(...)`` and later
+    engines.run(*args, env=...)`` to the end, or ``await engines.start(...)`` and later
     ``.finish()``. Any still running when the test ends is killed."""
     engines = Engines(tmp_path)
     try:

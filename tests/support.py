@@ -278,7 +278,7 @@ class Running:
 
 @dataclass
 class Engines:
-    """The ``engine`` fixture: engine processes of one test, their output in ``workdir``;
+    """The ``engines`` fixture: engine processes of one test, their output in ``workdir``;
     any still running when the test ends is killed, so a failed test leaves none behind."""
 
     workdir: Path

@@ -84,7 +84,7 @@ async def test_kill_9_at_random_points_loses_nothing_and_resends_only_what_was_i
     tmp_path: Path,
     simulator: StartSimulator,
     write_jobs: WriteJobs,
-    engine: Engines,
+    engines: Engines,
 ) -> None:
     rng = random.Random(SEED)
     jobs = write_jobs(ACCOUNTS)
@@ -107,7 +107,7 @@ async def test_kill_9_at_random_points_loses_nothing_and_resends_only_what_was_i
     url = ("--base-url", sim.base_url or "")
     for number in range(KILLS):
         first = len(sim.arrivals)
-        running = await engine.start(*args, *url, env=env, name=f"kill{number}")
+        running = await engines.start(*args, *url, env=env, name=f"kill{number}")
         process = running.process
         if number % 6 == 5:
             # Anywhere in start-up: reading the job file, opening the results file, the
@@ -136,7 +136,7 @@ async def test_kill_9_at_random_points_loses_nothing_and_resends_only_what_was_i
         kills.append(Kill(set(sent), ok_jobs(results), torn))
 
     first = len(sim.arrivals)
-    final = await engine.run(*args, *url, env=env, name="final")
+    final = await engines.run(*args, *url, env=env, name="final")
     assert final.code == 0, final.err
     final_sent = {ids[a.leader_id] for a in sim.arrivals[first:]}
     assert not final_sent & kills[-1].ok_after, "a job already ok was sent again"
@@ -178,7 +178,7 @@ SMALL = {"alice": 20, "bob": 20}
 
 
 async def test_a_second_engine_on_the_same_results_file_refuses_and_sends_nothing(
-    simulator: StartSimulator, write_jobs: WriteJobs, engine: Engines
+    simulator: StartSimulator, write_jobs: WriteJobs, engines: Engines
 ) -> None:
     """A run holds the results file; a second started on it, even with --fresh, refuses,
     sends nothing and leaves the file as it was. The test holds the lock itself, as a run
@@ -187,12 +187,12 @@ async def test_a_second_engine_on_the_same_results_file_refuses_and_sends_nothin
     env = engine_env(SMALL)
     sim = await simulator(accounts_of(SMALL), SimConfig(latency=0.05))
     args = ("run", str(jobs), "--base-url", sim.base_url or "", "--concurrency", "2")
-    first = await engine.run(*args, env=env, name="first")
+    first = await engines.run(*args, env=env, name="first")
     results = jobs.with_suffix(".results.jsonl")
     recorded = results.read_bytes()
     with results.open("ab") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        second = await engine.run(*args, "--fresh", env=env, name="second")
+        second = await engines.run(*args, "--fresh", env=env, name="second")
     assert second.code == 2, second.output
     assert "in use by another run" in second.err and "nothing sent" in second.err
     assert first.code == 0, first.err
@@ -204,7 +204,7 @@ async def test_a_second_engine_on_the_same_results_file_refuses_and_sends_nothin
 
 
 async def test_two_engines_started_together_never_both_send(
-    simulator: StartSimulator, write_jobs: WriteJobs, engine: Engines
+    simulator: StartSimulator, write_jobs: WriteJobs, engines: Engines
 ) -> None:
     """Whichever locks the file first runs; the other refuses. (Were the second held up for
     the whole of the first's run, it would find every job ok and send nothing: also safe.)"""
@@ -213,7 +213,7 @@ async def test_two_engines_started_together_never_both_send(
     sim = await simulator(accounts_of(SMALL), SimConfig(latency=0.05))
     args = ("run", str(jobs), "--base-url", sim.base_url or "", "--concurrency", "2")
     both = await asyncio.gather(
-        engine.run(*args, env=env, name="a"), engine.run(*args, env=env, name="b")
+        engines.run(*args, env=env, name="a"), engines.run(*args, env=env, name="b")
     )
     first, second = sorted(both, key=lambda run: run.code)
     assert first.code == 0, first.output

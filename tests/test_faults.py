@@ -131,7 +131,7 @@ ALICE = {"alice": 40}
 
 @pytest.fixture
 def refused(
-    simulator: StartSimulator, write_jobs: WriteJobs, engine: Engines
+    simulator: StartSimulator, write_jobs: WriteJobs, engines: Engines
 ) -> Callable[..., Awaitable[None]]:
     """``await refused(results, preexec_fn=...)``: the engine exits 2 naming ``results``,
     and not one request reached the exchange."""
@@ -139,7 +139,7 @@ def refused(
     async def check(results: Path, preexec_fn: Callable[[], None] | None = None) -> None:
         jobs = write_jobs(ALICE)
         sim = await simulator(accounts_of(ALICE), SimConfig())
-        run = await engine.run(
+        run = await engines.run(
             "run",
             str(jobs),
             "--base-url",
@@ -283,14 +283,14 @@ async def test_a_write_failure_stops_dispatching(tmp_path: Path, simulator: Star
 
 
 async def test_a_disk_full_mid_run_stops_sending_and_prints_what_it_could_not_record(
-    simulator: StartSimulator, write_jobs: WriteJobs, engine: Engines
+    simulator: StartSimulator, write_jobs: WriteJobs, engines: Engines
 ) -> None:
     concurrency = 2
     limit = 2 << 20
     jobs = write_jobs(ALICE)
     results = jobs.parent / "r.jsonl"
     sim = await simulator(accounts_of(ALICE), SimConfig(latency=0.05))
-    running = await engine.start(
+    running = await engines.start(
         "run",
         str(jobs),
         "--base-url",

@@ -26,7 +26,7 @@ Interrupted = Awaitable[tuple[int, list[dict[str, Any]]]]
 
 @pytest.fixture
 def interrupt_after_ten(
-    simulator: StartSimulator, write_jobs: WriteJobs, engine: Engines
+    simulator: StartSimulator, write_jobs: WriteJobs, engines: Engines
 ) -> Callable[..., Interrupted]:
     """``await interrupt_after_ten(latency=..., signals=...)``: Ctrl-C that many times once
     ten requests arrived."""
@@ -35,7 +35,7 @@ def interrupt_after_ten(
         jobs = write_jobs(ACCOUNTS)
         results = jobs.parent / "results.jsonl"
         sim = await simulator(accounts_of(ACCOUNTS), SimConfig(latency=latency))
-        running = await engine.start(
+        running = await engines.start(
             "run",
             str(jobs),
             "--base-url",

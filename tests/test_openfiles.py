@@ -120,7 +120,7 @@ def _limit_open_files(soft: int, hard: int) -> Callable[[], None]:
 
 @pytest.fixture
 def run_with_limits(
-    simulator: StartSimulator, write_jobs: WriteJobs, engine: Engines
+    simulator: StartSimulator, write_jobs: WriteJobs, engines: Engines
 ) -> Callable[..., Awaitable[str]]:
     """``await run_with_limits(soft, hard, *args, accounts=...)``: an engine process run
     under these open-files limits; every follow left once and is ok. Its stderr."""
@@ -128,7 +128,7 @@ def run_with_limits(
     async def run(soft: int, hard: int, *extra: str, accounts: dict[str, int] = ACCOUNTS) -> str:
         jobs = write_jobs(accounts, extra="settings:\n  rate_limit: 1000\n")
         sim = await simulator(accounts_of(accounts), SimConfig(latency=0.2))
-        done = await engine.run(
+        done = await engines.run(
             "run",
             str(jobs),
             "--base-url",

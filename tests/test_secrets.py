@@ -86,7 +86,7 @@ def bad_file() -> str:
     )
 
 
-async def test_no_command_prints_a_secret_or_a_signature(tmp_path: Path, engine: Engines) -> None:
+async def test_no_command_prints_a_secret_or_a_signature(tmp_path: Path, engines: Engines) -> None:
     good, bad, literal = tmp_path / "good.yaml", tmp_path / "bad.yaml", tmp_path / "literal.yaml"
     good.write_text(job_file(ACCOUNTS))
     bad.write_text(bad_file())
@@ -99,7 +99,7 @@ async def test_no_command_prints_a_secret_or_a_signature(tmp_path: Path, engine:
     runs: dict[str, Finished] = {}
 
     async def run(name: str, *args: str) -> None:
-        runs[name] = await engine.run(*args, env=env, name=name)
+        runs[name] = await engines.run(*args, env=env, name=name)
 
     def cli(name: str, *args: str) -> None:
         """In process, for the commands that send nothing: fast, and a request would fail
@@ -131,8 +131,8 @@ async def test_no_command_prints_a_secret_or_a_signature(tmp_path: Path, engine:
             run("faults", "run", str(good), "--base-url", url, "--results", str(tmp_path / "f")),
             run("run-bad", "run", str(bad), "--base-url", url, "--results", str(tmp_path / "b")),
         )
-        runs["interrupted"] = await _interrupted(engine, good, env)
-    runs["served"] = await _against_the_simulate_command(engine, good, env)
+        runs["interrupted"] = await _interrupted(engines, good, env)
+    runs["served"] = await _against_the_simulate_command(engines, good, env)
 
     expected = {
         "validate": 0,
@@ -171,12 +171,12 @@ async def test_no_command_prints_a_secret_or_a_signature(tmp_path: Path, engine:
         assert "Traceback" not in text, where
 
 
-async def _interrupted(engine: Engines, jobs: Path, env: dict[str, str]) -> Finished:
+async def _interrupted(engines: Engines, jobs: Path, env: dict[str, str]) -> Finished:
     """SIGTERM mid-run: the stop notice and the record of requests cut off."""
     async with Simulator(accounts_of(ACCOUNTS), SimConfig(latency=0.5)) as slow:
         url = slow.base_url or ""
-        results = str(engine.workdir / "i")
-        running = await engine.start(
+        results = str(engines.workdir / "i")
+        running = await engines.start(
             "run", str(jobs), "--base-url", url, "--results", results, env=env, name="interrupted"
         )
         await slow.wait_for_arrivals(1)
@@ -185,24 +185,24 @@ async def _interrupted(engine: Engines, jobs: Path, env: dict[str, str]) -> Fini
 
 
 async def _against_the_simulate_command(
-    engine: Engines, jobs: Path, env: dict[str, str]
+    engines: Engines, jobs: Path, env: dict[str, str]
 ) -> Finished:
     """``follow-engine simulate --jobs`` checks signatures with the secrets it read and
     injects faults at random; an engine runs against it. Both outputs, together."""
-    server = await engine.start(
+    server = await engines.start(
         *("simulate", "--port", "0", "--jobs", str(jobs), "--fault-rate", "0.2", "--seed", "5"),
         env=env,
         name="simulate",
     )
     try:
         url = await _listening_url(server.err)
-        served = await engine.run(
+        served = await engines.run(
             "run",
             str(jobs),
             "--base-url",
             url,
             "--results",
-            str(engine.workdir / "served"),
+            str(engines.workdir / "served"),
             env=env,
             name="served-engine",
         )
