@@ -39,19 +39,30 @@ ACCOUNTS = {"alice": 150, "bob": 150, "carol": 150}
 RATE = 1000
 
 
+@dataclass(frozen=True)
+class Torn:
+    """A line the test cut in half after a kill, as a kill in the middle of writing it would."""
+
+    job: str
+    #: It said the job was ok. An intent line (``sending``) said only that the job's request
+    #: was about to leave: whether it did is in ``Kill.sent``.
+    was_ok: bool
+
+
 @dataclass
 class Kill:
     """What one killed run sent and what the file held after it."""
 
     sent: set[str]
     ok_after: set[str]
-    #: The job whose line the test cut in half after the kill, as a kill mid-write would.
-    torn: str | None
+    torn: Torn | None
 
     @property
     def in_flight(self) -> set[str]:
-        """Sent but not on record as ok: the only follows the next run may send again."""
-        return (self.sent | ({self.torn} if self.torn else set())) - self.ok_after
+        """Sent but not on record as ok: the only follows the next run may send again. A torn
+        ok line takes its job off the record, so it is one of them."""
+        unrecorded = {self.torn.job} if self.torn is not None and self.torn.was_ok else set()
+        return (self.sent | unrecorded) - self.ok_after
 
 
 async def quiet(sim: Simulator, period: float = 0.05) -> None:
@@ -65,19 +76,20 @@ async def quiet(sim: Simulator, period: float = 0.05) -> None:
             return
 
 
-def tear_last_line(results: Path) -> str | None:
-    """Cut the file's last line in half, as a kill in the middle of writing it would; the
-    job it named, or None when there is no whole last line to cut."""
+def tear_last_line(results: Path) -> Torn | None:
+    """Cut the file's last line in half, as a kill in the middle of writing it would; None
+    when there is no whole last line to cut."""
     text = results.read_text() if results.exists() else ""
     if not text.endswith("\n"):
         return None
     head, _, last = text[:-1].rpartition("\n")
     try:
-        job = json.loads(last)["job"]
+        line = json.loads(last)
+        torn = Torn(line["job"], line["status"] == "ok")
     except (ValueError, TypeError, KeyError):  # torn already, and no line written since
         return None
     results.write_text((head + "\n" if head else "") + last[: len(last) // 2])
-    return job
+    return torn
 
 
 async def test_kill_9_at_random_points_loses_nothing_and_resends_only_what_was_in_flight(
@@ -161,8 +173,8 @@ async def test_kill_9_at_random_points_loses_nothing_and_resends_only_what_was_i
     assert set(accepted) == set(ids.values())
     in_flight = [k.in_flight for k in kills]
     for kill in kills:
-        # Each held a concurrency slot; the torn line's job had finished, and is one more.
-        assert len(kill.in_flight) <= CONCURRENCY + (kill.torn is not None)
+        # Each held a concurrency slot; a torn ok line's job had finished, and is one more.
+        assert len(kill.in_flight) <= CONCURRENCY + (kill.torn is not None and kill.torn.was_ok)
     duplicated = {job for job, n in accepted.items() if n > 1}
     assert duplicated <= set().union(*in_flight)
     for job, n in accepted.items():
