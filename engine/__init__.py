@@ -1,3 +1,1 @@
 """follow-engine: batch following of XT.com copy-trading leaders, at the exchange's limit."""
-
-__version__ = "0.1.0"

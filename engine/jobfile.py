@@ -135,7 +135,11 @@ def _campaign(
         leaders = leader_fields(profile)
         problems.sort(key=lambda problem: problem[0])
         raise JobFileError(
-            redact([format_problem(builder.where, doc, leaders, *p) for p in problems], doc)
+            redact(
+                [format_problem(builder.where, doc, leaders, *p) for p in problems],
+                doc,
+                builder.env_values,
+            )
         )
     return _build(path, doc, model, model.jobs, profile, builder, limit)
 
@@ -194,8 +198,9 @@ def _build(
     defaults = model.defaults or FollowParamsModel()
     lines = doc["jobs"].item_lines
     jobs = tuple(_follow_job(job, defaults, profile, lines[i]) for i, job in enumerate(job_models))
-    schedule = model.schedule and Schedule(
-        at=model.schedule.at, cron=model.schedule.cron, timezone=model.schedule.timezone
+    when = model.schedule
+    schedule = (
+        None if when is None else Schedule(at=when.at, cron=when.cron, timezone=when.timezone)
     )
     return Campaign(
         path=path,

@@ -152,9 +152,9 @@ async def launch_campaign(campaign: Campaign, options: LaunchOptions) -> Campaig
         # Never more in flight than jobs to run; an in-process simulator holds the other end
         # of every connection.
         wanted = min(campaign.settings.concurrency, max(1, len(jobs)))
-        fits, warning = fit_open_files(wanted, 1 if options.simulate is None else 2)
-        if warning is not None:
-            print(warning, file=sys.stderr)
+        fits, fewer = fit_open_files(wanted, 1 if options.simulate is None else 2)
+        if fewer is not None:
+            print(fewer, file=sys.stderr)
             campaign = replace(campaign, settings=replace(campaign.settings, concurrency=fits))
         collector = Collector(log, on_result=options.on_result)
         collector.stats.skipped = len(campaign.jobs) - len(jobs)

@@ -53,8 +53,9 @@ def secret_uses(doc: LineDict) -> list[tuple[Loc, str]]:
                 if value not in seen:
                     match = pattern.search(value)
                     seen[value] = secrets[match[0]] if match else None
-                if seen[value] is not None and not _is_secret_key((*path, key)):
-                    found.append(((*path, key), seen[value]))
+                account = seen[value]
+                if account is not None and not _is_secret_key((*path, key)):
+                    found.append(((*path, key), account))
             elif isinstance(value, (dict, list)):
                 path.append(key)
                 walk(value)
@@ -68,12 +69,14 @@ def _is_secret_key(loc: Loc) -> bool:
     return len(loc) == 3 and loc[0] == "accounts" and loc[2] == "secret_key"
 
 
-def redact(messages: list[str], doc: LineDict) -> list[str]:
-    """``messages`` with any secret key blotted out, as written and as quoted back escaped
-    (``repr``, JSON): a value quoted back to the user may hold a secret in the wrong place."""
+def redact(messages: list[str], doc: LineDict, env_values: Iterable[str] = ()) -> list[str]:
+    """``messages`` with any secret key, and any value read from the environment, blotted
+    out, as written and as quoted back escaped (``repr``, JSON): a value quoted back to the
+    user may hold a secret in the wrong place."""
+    hidden = {*_secrets(doc), *(value for value in env_values if len(value) >= MIN_SECRET)}
     forms = {
         form
-        for secret in _secrets(doc)
+        for secret in hidden
         for form in (secret, repr(secret)[1:-1], json.dumps(secret)[1:-1], printable(secret))
     }
     everything = "\n".join(messages)
@@ -253,10 +256,10 @@ def check_jobs(doc: LineDict, profile: ApiProfile | None, add: Any) -> None:
                 add(("jobs", i, field), "required: set it in the job or in defaults")
             continue
         named = ", ".join(f"jobs[{i}] (line {jobs.item_lines[i]})" for i in where[:3])
-        loc: Loc = ("defaults", field) if "defaults" in doc else ("jobs",)
+        at: Loc = ("defaults", field) if "defaults" in doc else ("jobs",)
         lack = f"{len(where)} of {len(jobs)} jobs lack it: {named}, ..."
         prefix = "" if "defaults" in doc else f"{field}: "
-        add(loc, f"{prefix}required: set it in defaults or in each job; {lack}")
+        add(at, f"{prefix}required: set it in defaults or in each job; {lack}")
 
 
 def _explained_by_defaults(defaults: object) -> set[str]:

@@ -219,7 +219,7 @@ def _bad_field(data: Any, leader_field: str) -> str | None:
     for name, value in data.items():
         rule = _leader if name == leader_field else _RULES.get(name)
         if rule is None or not rule(value):
-            return name
+            return str(name)
     return next((name for name in (leader_field, *_REQUIRED) if name not in data), None)
 
 
@@ -465,17 +465,20 @@ class Simulator:
         key, stamp_text, window_text = found["appkey"], found["timestamp"], found["recvwindow"]
         algorithm, signature = found["algorithms"], found["signature"]
         stamp, window = _header_int(stamp_text), _header_int(window_text)
-        for failed, code in (
-            (not key, "AUTH_001"),
-            (stamp is None, "AUTH_002"),
-            (window_text is None, "AUTH_003"),
-            (not window, "AUTH_004"),
-            (algorithm is None, "AUTH_005"),
-            (algorithm != "HmacSHA256", "AUTH_006"),
-            (not signature, "AUTH_007"),
-        ):
-            if failed:
-                return code, ()
+        if not key:
+            return "AUTH_001", ()
+        if stamp is None:
+            return "AUTH_002", ()
+        if window_text is None:
+            return "AUTH_003", ()
+        if not window:
+            return "AUTH_004", ()
+        if algorithm is None:
+            return "AUTH_005", ()
+        if algorithm != "HmacSHA256":
+            return "AUTH_006", ()
+        if not signature:
+            return "AUTH_007", ()
         if self.accounts is not None:
             secret = self.accounts.get(key)
             if secret is None:

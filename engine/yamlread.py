@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -40,7 +40,10 @@ Problem = tuple[int, Loc, str]  # line, where in the document, message
 
 _Parser = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SAFE = yaml.constructor.SafeConstructor()
-_RESOLVERS = yaml.resolver.Resolver.yaml_implicit_resolvers
+#: First character -> (tag, pattern) pairs, as PyYAML resolves plain scalars.
+_RESOLVERS: dict[str | None, list[tuple[str, re.Pattern[str]]]] = (
+    yaml.resolver.Resolver.yaml_implicit_resolvers
+)
 _T = "tag:yaml.org,2002:"
 _STR = _T + "str"
 _REF = re.compile(r"\$\$\{|\$\{(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\})?")
@@ -115,7 +118,7 @@ def _bool(text: str) -> bool | str:
     return lowered == "true" if lowered in ("true", "false") else text  # yes/no/on/off stay text
 
 
-_SCALARS = {
+_SCALARS: dict[str, Callable[[str], object]] = {
     _T + "null": lambda _: None,
     _T + "bool": _bool,
     _T + "int": _int,
@@ -143,6 +146,11 @@ class _Frame:
         self.size = 1
 
 
+def _line(event: yaml.Event) -> int:
+    """The line ``event`` starts on, counted from 1 (libyaml marks every event)."""
+    return event.start_mark.line + 1 if event.start_mark is not None else 0
+
+
 class Builder:
     """Plain data from YAML events, with lines, ``${VAR}`` resolved and aliases bounded."""
 
@@ -150,6 +158,9 @@ class Builder:
         self.env, self.where = env, where
         self.problems: list[Problem] = []
         self.flagged: set[Loc] = set()  # reported here; pydantic's echo of them is dropped
+        #: Every value read from the environment: never quoted back in a message, since that
+        #: is where secrets live (a secret put where no account says it is one, too).
+        self.env_values: set[str] = set()
         #: Account name -> the variables whose default was used, when secret_key has a ${VAR}.
         self.secret_refs: dict[Any, list[str]] = {}
         self.anchors: dict[str, tuple[object, int]] = {}
@@ -201,7 +212,7 @@ class Builder:
             parser.dispose()
 
     def _fatal(self, event: Any, message: str) -> NoReturn:
-        raise JobFileError([f"{self.where}:{event.start_mark.line + 1}: {message}"])
+        raise JobFileError([f"{self.where}:{_line(event)}: {message}"])
 
     def _unsupported(self, event: Any) -> NoReturn:
         tag = event.tag.replace(_T, "!!")
@@ -247,8 +258,7 @@ class Builder:
         try:
             return build(text)
         except (ValueError, ArithmeticError, LookupError):
-            line, name = event.start_mark.line + 1, tag.removeprefix(_T)
-            self.problem(line, self._loc(), f"not a valid {name}")
+            self.problem(_line(event), self._loc(), f"not a valid {tag.removeprefix(_T)}")
             return text
 
     def _substitute(self, text: str, event: ScalarEvent) -> str:
@@ -267,6 +277,7 @@ class Builder:
             used.append(name)
             value = self.env.get(name)
             if value:
+                self.env_values.add(value)
                 return value
             if match["default"] is not None:
                 defaulted.append(name)
@@ -278,7 +289,7 @@ class Builder:
         result = _REF.sub(one, text)
         loc = self._loc()
         for message in messages:
-            self.problem(event.start_mark.line + 1, loc, message)
+            self.problem(_line(event), loc, message)
         if messages:
             return text
         if used and len(loc) == 3 and loc[0] == "accounts" and loc[2] == "secret_key":
@@ -306,7 +317,7 @@ class Builder:
         self._add(container, frame.size, container.line)
 
     def _alias(self, event: AliasEvent) -> None:
-        value, size = self.anchors.get(event.anchor, (None, -1))
+        value, size = self.anchors.get(event.anchor or "", (None, -1))
         if size < 0:
             self._fatal(event, f"alias *{event.anchor} has no anchor &{event.anchor} before it")
         if value is _OPEN:
@@ -316,7 +327,7 @@ class Builder:
             self._fatal(
                 event, f"aliases expand the file too much ({self.extra} extra values); refused"
             )
-        self._add(value, size, event.start_mark.line + 1)
+        self._add(value, size, _line(event))
 
     def _add(self, value: object, size: int, line: int) -> None:
         if not self.stack:
@@ -325,7 +336,7 @@ class Builder:
         top = self.stack[-1]
         top.size += size
         container = top.container
-        if type(container) is LineList:
+        if isinstance(container, LineList):
             container.append(value)
             container.item_lines.append(line)
         elif top.key is _NO_KEY:

@@ -1,64 +1,109 @@
-"""XtClient against aioresponses: what goes on the wire and how answers are read."""
+"""XtClient against the simulated exchange on loopback: what goes on the wire and how answers
+are read, on the aiohttp users install.
+
+A tap in front of the simulator records every request as it arrived; where a test needs an
+answer the simulator never gives (a body that is not XT's, one cut short), the tap gives it
+instead. The exchange's clock stands still at ``NOW_MS``, where the client's is set too.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from decimal import Decimal
 
-import aiohttp
 import pytest
-from aioresponses import aioresponses
-from yarl import URL
+from aiohttp import web
 
 from engine.client import AmbiguousError, NotSentError, XtClient, XtError
-from engine.profiles import V1, V4
+from engine.profiles import TIME_PATH, V1, V4
 from engine.signing import sign, signature_payload
+from engine.simulator import DROP_BEFORE, INVALID_PARAMETER, SLOW, SimConfig, Simulator
+from tests.support import Handler, StartSimulator, canned, cut_short, dribble
 
-BASE = "https://sapi.example"
-URL_V4 = BASE + V4.path
+KEY = "my-key"
 SECRET = "very-secret-value"
+LEADER = 7302994413592166401
 PARAMS = {
-    "leaderOrderId": 7302994413592166401,
+    "leaderOrderId": LEADER,
     "followType": "RATE",
     "followVal": Decimal("0.50"),
     "followLossOperate": "LEADER_CLOSE",
     "autoFollowSymbol": True,
     "symbols": "xt_usdt,btc_usdt",
 }
-OK = {"rc": 0, "mc": "SUCCESS", "ma": [], "result": True}
+NOW_MS = 1700000000500
+
+
+@dataclass
+class Sent:
+    method: str
+    path: str
+    #: Read without regard to case, as HTTP headers are.
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass
+class Tap:
+    """Records each request; answers the next ones with ``canned`` handlers while any are left,
+    and lets the simulator answer the rest."""
+
+    requests: list[Sent] = field(default_factory=list)
+    canned: deque[Handler] = field(default_factory=deque)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        body = await request.read()
+        self.requests.append(Sent(request.method, request.path, request.headers.copy(), body))
+        if self.canned:
+            return await self.canned.popleft()(request)
+        return await handler(request)
 
 
 @pytest.fixture
-async def client():
-    async with XtClient(BASE, V4, clock=lambda: 1700000000.5) as c:
+def tap() -> Tap:
+    return Tap()
+
+
+@pytest.fixture
+async def exchange(tap: Tap, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Simulator]:
+    sim = Simulator({KEY: SECRET}, SimConfig(slow_seconds=5))
+    sim.app.middlewares.append(tap.middleware)
+    monkeypatch.setattr(sim, "server_time_ms", lambda: NOW_MS)
+    async with sim:
+        yield sim
+
+
+def url(sim: Simulator) -> str:
+    assert sim.base_url is not None
+    return sim.base_url
+
+
+@pytest.fixture
+async def client(exchange: Simulator) -> AsyncIterator[XtClient]:
+    async with XtClient(url(exchange), V4, clock=lambda: NOW_MS / 1000) as c:
         yield c
 
 
-@pytest.fixture
-def mock():
-    with aioresponses() as m:
-        yield m
-
-
-def sent(mock: aioresponses, url: str = URL_V4) -> list:
-    return mock.requests[("POST", URL(url))]
-
-
-async def test_sends_signed_json_body(client: XtClient, mock: aioresponses) -> None:
-    mock.post(URL_V4, payload=OK)
-    answer = await client.follow("my-key", SECRET, PARAMS)
+async def test_sends_signed_json_body(client: XtClient, exchange: Simulator, tap: Tap) -> None:
+    answer = await client.follow(KEY, SECRET, PARAMS)
     assert answer.ok
-    [call] = sent(mock)
-    body = call.kwargs["data"].decode()
-    headers = call.kwargs["headers"]
+    assert exchange.accepted == {(KEY, LEADER): 1}  # its signature checked by the simulator
+    [sent] = tap.requests
+    body = sent.body.decode()
+    headers = sent.headers
+    assert (sent.method, sent.path) == ("POST", V4.path)
     assert body == (
         '{"leaderOrderId":7302994413592166401,"followType":"RATE","followVal":0.50,'
         '"followLossOperate":"LEADER_CLOSE","autoFollowSymbol":true,"symbols":"xt_usdt,btc_usdt"}'
     )
     assert headers["Content-Type"] == "application/json"
-    assert headers["xt-validate-appkey"] == "my-key"
+    assert headers["xt-validate-appkey"] == KEY
     assert headers["xt-validate-timestamp"] == "1700000000500"
     assert headers["xt-validate-recvwindow"] == "5000"
     assert headers["xt-validate-algorithms"] == "HmacSHA256"
@@ -67,39 +112,40 @@ async def test_sends_signed_json_body(client: XtClient, mock: aioresponses) -> N
     assert headers["xt-validate-signature"] == expected
 
 
-async def test_every_call_is_signed_afresh() -> None:
+async def test_every_call_is_signed_afresh(exchange: Simulator, tap: Tap) -> None:
     ticks = iter([1.0, 2.0])
-    with aioresponses() as mock:
-        mock.post(URL_V4, payload=OK, repeat=True)
-        async with XtClient(BASE, V4, clock=lambda: next(ticks)) as client:
-            await client.follow("k", SECRET, PARAMS)
-            await client.follow("k", SECRET, PARAMS)
-        first, second = sent(mock)
-    assert first.kwargs["headers"]["xt-validate-timestamp"] == "1000"
-    assert second.kwargs["headers"]["xt-validate-timestamp"] == "2000"
-    assert (
-        first.kwargs["headers"]["xt-validate-signature"]
-        != second.kwargs["headers"]["xt-validate-signature"]
-    )
+    async with XtClient(url(exchange), V4, clock=lambda: next(ticks)) as client:
+        await client.follow(KEY, SECRET, PARAMS)
+        await client.follow(KEY, SECRET, PARAMS)
+    first, second = (sent.headers for sent in tap.requests)
+    assert first["xt-validate-timestamp"] == "1000"
+    assert second["xt-validate-timestamp"] == "2000"
+    assert first["xt-validate-signature"] != second["xt-validate-signature"]
 
 
-async def test_v1_profile_uses_its_own_path(mock: aioresponses) -> None:
-    mock.post(BASE + V1.path, payload=OK)
-    async with XtClient(BASE, V1) as client:
-        answer = await client.follow("k", SECRET, {"leaderAccountId": 5589391507863})
+async def test_v1_profile_uses_its_own_path(exchange: Simulator, tap: Tap) -> None:
+    params = {"leaderAccountId": 5589391507863} | PARAMS
+    del params["leaderOrderId"]
+    async with XtClient(url(exchange), V1, clock=lambda: NOW_MS / 1000) as client:
+        answer = await client.follow(KEY, SECRET, params)
     assert answer.ok
-    assert sent(mock, BASE + V1.path)[0].kwargs["data"] == b'{"leaderAccountId":5589391507863}'
+    [sent] = tap.requests
+    assert sent.path == V1.path
+    assert sent.body == (
+        b'{"leaderAccountId":5589391507863,"followType":"RATE","followVal":0.50,'
+        b'"followLossOperate":"LEADER_CLOSE","autoFollowSymbol":true,"symbols":"xt_usdt,btc_usdt"}'
+    )
+    assert exchange.accepted == {(KEY, 5589391507863): 1}
 
 
-async def test_business_error_envelope(client: XtClient, mock: aioresponses) -> None:
-    mock.post(URL_V4, payload={"rc": 1, "mc": "COPY_TRADE_SPOT_006", "ma": ["x"], "result": None})
-    answer = await client.follow("k", SECRET, PARAMS)
+async def test_business_error_envelope(client: XtClient) -> None:
+    answer = await client.follow(KEY, SECRET, {**PARAMS, "followVal": Decimal(0)})
     assert not answer.ok
     assert answer.envelope is not None
     assert (answer.envelope.rc, answer.envelope.mc, answer.envelope.ma) == (
         1,
-        "COPY_TRADE_SPOT_006",
-        ["x"],
+        INVALID_PARAMETER,
+        ["followVal"],
     )
 
 
@@ -108,38 +154,79 @@ async def test_business_error_envelope(client: XtClient, mock: aioresponses) -> 
     [(502, "<html>Bad Gateway</html>"), (200, "not json"), (200, '{"rc": "0"}'), (200, "[1]")],
 )
 async def test_bodies_that_are_not_an_envelope(
-    client: XtClient, mock: aioresponses, status: int, body: str
+    client: XtClient, tap: Tap, status: int, body: str
 ) -> None:
-    mock.post(URL_V4, status=status, body=body)
-    answer = await client.follow("k", SECRET, PARAMS)
+    tap.canned.append(canned(status, body.encode()))
+    answer = await client.follow(KEY, SECRET, PARAMS)
     assert answer.http_status == status
     assert answer.envelope is None
     assert answer.excerpt == body
     assert not answer.ok
 
 
-async def test_retry_after_is_read(client: XtClient, mock: aioresponses) -> None:
-    mock.post(URL_V4, status=429, body="", headers={"Retry-After": "2"})
-    answer = await client.follow("k", SECRET, PARAMS)
-    assert (answer.http_status, answer.retry_after) == (429, 2.0)
+async def test_retry_after_is_read(simulator: StartSimulator) -> None:
+    """The simulator's own limit: one request per 3 s, the next told when to come back."""
+    sim = await simulator({KEY: SECRET}, SimConfig(rate_limit=1, window=3))
+    async with XtClient(url(sim), V4) as client:
+        first = await client.follow(KEY, SECRET, PARAMS)
+        second = await client.follow(KEY, SECRET, PARAMS)
+    assert (first.http_status, first.retry_after) == (200, None)
+    assert (second.http_status, second.retry_after) == (429, 3.0)
+
+
+@contextmanager
+def full_backlog() -> Iterator[str]:
+    """A base URL on loopback whose listener's queue is full: a connection attempt is never
+    answered, so the client's connect timeout fires (Linux drops the SYN)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+#: How a request that left meets no answer, and the aiohttp error it ends in.
+TRANSPORT_FAILURES: list[tuple[str, Callable[[Simulator, Tap], None], str]] = [
+    (
+        "disconnected",
+        lambda sim, _: sim.script(LEADER, [DROP_BEFORE]),
+        "ServerDisconnectedError|ClientOSError",
+    ),
+    ("read timeout", lambda sim, _: sim.script(LEADER, [SLOW]), "SocketTimeoutError"),
+    ("cut short", lambda _, tap: tap.canned.append(cut_short), "ClientPayloadError"),
+    ("never ends", lambda _, tap: tap.canned.append(dribble), "left: TimeoutError$"),
+]
 
 
 @pytest.mark.parametrize(
-    ("exception", "kind"),
-    [
-        (aiohttp.ConnectionTimeoutError(), NotSentError),
-        (aiohttp.ServerDisconnectedError(), AmbiguousError),
-        (aiohttp.SocketTimeoutError(), AmbiguousError),
-        (aiohttp.ClientPayloadError("cut"), AmbiguousError),
-        (asyncio.TimeoutError(), AmbiguousError),
-    ],
+    ("arrange", "says"),
+    [case[1:] for case in TRANSPORT_FAILURES],
+    ids=[case[0] for case in TRANSPORT_FAILURES],
 )
-async def test_transport_failures_say_whether_the_request_left(
-    client: XtClient, mock: aioresponses, exception: Exception, kind: type
+async def test_a_request_that_left_without_an_answer_is_ambiguous(
+    exchange: Simulator, tap: Tap, arrange: Callable[[Simulator, Tap], None], says: str
 ) -> None:
-    mock.post(URL_V4, exception=exception)
-    with pytest.raises(kind) as info:
-        await client.follow("k", SECRET, PARAMS)
+    arrange(exchange, tap)
+    async with XtClient(url(exchange), V4, timeout=0.3, clock=lambda: NOW_MS / 1000) as client:
+        with pytest.raises(AmbiguousError, match=says) as info:
+            await client.follow(KEY, SECRET, PARAMS)
+    assert SECRET not in str(info.value)
+    assert len(tap.requests) == 1  # it left
+
+
+async def test_a_connect_timeout_is_not_sent() -> None:
+    with full_backlog() as base_url:
+        async with XtClient(base_url, V4, timeout=0.3) as client:
+            with pytest.raises(NotSentError, match="ConnectionTimeoutError") as info:
+                await client.follow(KEY, SECRET, PARAMS)
     assert SECRET not in str(info.value)
 
 
@@ -152,36 +239,34 @@ async def test_connection_refused_is_not_sent() -> None:
             await client.follow("k", SECRET, PARAMS)
 
 
-async def test_sync_clock_applies_the_server_offset(mock: aioresponses) -> None:
-    mock.get(
-        BASE + "/v4/public/time",
-        payload={"rc": 0, "mc": "SUCCESS", "ma": [], "result": {"serverTime": 1700000003000}},
-    )
-    mock.post(URL_V4, payload=OK)
-    async with XtClient(BASE, V4, clock=lambda: 1700000000.0) as client:
+async def test_sync_clock_applies_the_server_offset(exchange: Simulator, tap: Tap) -> None:
+    async with XtClient(url(exchange), V4, clock=lambda: (NOW_MS - 3000) / 1000) as client:
         assert await client.sync_clock() == 3000
-        await client.follow("k", SECRET, PARAMS)
-    assert sent(mock)[0].kwargs["headers"]["xt-validate-timestamp"] == "1700000003000"
+        answer = await client.follow(KEY, SECRET, PARAMS)
+    assert [(sent.method, sent.path) for sent in tap.requests] == [
+        ("GET", TIME_PATH),
+        ("POST", V4.path),
+    ]
+    assert tap.requests[1].headers["xt-validate-timestamp"] == str(NOW_MS)
+    assert answer.ok
 
 
-async def test_server_time_without_a_time_is_an_error(client: XtClient, mock: aioresponses) -> None:
-    mock.get(BASE + "/v4/public/time", status=503, body="busy")
+async def test_server_time_without_a_time_is_an_error(client: XtClient, tap: Tap) -> None:
+    tap.canned.append(canned(503, b"busy"))
     with pytest.raises(XtError, match="without a server time"):
         await client.server_time_ms()
 
 
 def test_redacted_headers_hide_the_signature() -> None:
-    request = XtClient(BASE, V4).prepare("k", SECRET, PARAMS)
+    request = XtClient("https://sapi.example", V4).prepare("k", SECRET, PARAMS)
     redacted = request.redacted()
     assert redacted["xt-validate-signature"] == "<redacted>"
     assert request.headers["xt-validate-signature"] not in json.dumps(redacted)
     assert SECRET not in repr(request)
 
 
-async def test_a_huge_body_is_cut_and_read_as_not_an_envelope(
-    client: XtClient, mock: aioresponses
-) -> None:
-    mock.post(URL_V4, status=200, body='{"rc":0,"mc":"SUCCESS","pad":"' + "x" * (3 << 20) + '"}')
-    answer = await client.follow("k", SECRET, PARAMS)
+async def test_a_huge_body_is_cut_and_read_as_not_an_envelope(client: XtClient, tap: Tap) -> None:
+    tap.canned.append(canned(200, b'{"rc":0,"mc":"SUCCESS","pad":"' + b"x" * (3 << 20) + b'"}'))
+    answer = await client.follow(KEY, SECRET, PARAMS)
     assert answer.envelope is None
     assert len(answer.excerpt or "") == 200

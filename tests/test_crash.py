@@ -8,6 +8,7 @@ The engine runs as a process of its own; the simulator lives in the test, so wha
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import random
 from collections import Counter
@@ -17,18 +18,16 @@ from pathlib import Path
 from engine.launch import MAX_LINE_WARNINGS
 from engine.profiles import TIME_PATH
 from engine.simulator import SimConfig, Simulator
-from tests.procs import (
-    Finished,
-    accounts_table,
+from tests.support import (
+    Engines,
+    StartSimulator,
+    WriteJobs,
+    accounts_of,
     engine_env,
-    finish,
-    job_file,
     job_ids,
     key_of,
     last_lines,
     ok_jobs,
-    run_engine,
-    spawn,
 )
 
 SEED = 20261125
@@ -40,19 +39,30 @@ ACCOUNTS = {"alice": 150, "bob": 150, "carol": 150}
 RATE = 1000
 
 
+@dataclass(frozen=True)
+class Torn:
+    """A line the test cut in half after a kill, as a kill in the middle of writing it would."""
+
+    job: str
+    #: It said the job was ok. An intent line (``sending``) said only that the job's request
+    #: was about to leave: whether it did is in ``Kill.sent``.
+    was_ok: bool
+
+
 @dataclass
 class Kill:
     """What one killed run sent and what the file held after it."""
 
     sent: set[str]
     ok_after: set[str]
-    #: The job whose line the test cut in half after the kill, as a kill mid-write would.
-    torn: str | None
+    torn: Torn | None
 
     @property
     def in_flight(self) -> set[str]:
-        """Sent but not on record as ok: the only follows the next run may send again."""
-        return (self.sent | ({self.torn} if self.torn else set())) - self.ok_after
+        """Sent but not on record as ok: the only follows the next run may send again. A torn
+        ok line takes its job off the record, so it is one of them."""
+        unrecorded = {self.torn.job} if self.torn is not None and self.torn.was_ok else set()
+        return (self.sent | unrecorded) - self.ok_after
 
 
 async def quiet(sim: Simulator, period: float = 0.05) -> None:
@@ -66,27 +76,30 @@ async def quiet(sim: Simulator, period: float = 0.05) -> None:
             return
 
 
-def tear_last_line(results: Path) -> str | None:
-    """Cut the file's last line in half, as a kill in the middle of writing it would; the
-    job it named, or None when there is no whole last line to cut."""
+def tear_last_line(results: Path) -> Torn | None:
+    """Cut the file's last line in half, as a kill in the middle of writing it would; None
+    when there is no whole last line to cut."""
     text = results.read_text() if results.exists() else ""
     if not text.endswith("\n"):
         return None
     head, _, last = text[:-1].rpartition("\n")
     try:
-        job = json.loads(last)["job"]
+        line = json.loads(last)
+        torn = Torn(line["job"], line["status"] == "ok")
     except (ValueError, TypeError, KeyError):  # torn already, and no line written since
         return None
     results.write_text((head + "\n" if head else "") + last[: len(last) // 2])
-    return job
+    return torn
 
 
 async def test_kill_9_at_random_points_loses_nothing_and_resends_only_what_was_in_flight(
     tmp_path: Path,
+    simulator: StartSimulator,
+    write_jobs: WriteJobs,
+    engines: Engines,
 ) -> None:
     rng = random.Random(SEED)
-    jobs = tmp_path / "jobs.yaml"
-    jobs.write_text(job_file(ACCOUNTS))
+    jobs = write_jobs(ACCOUNTS)
     results = tmp_path / "jobs.results.jsonl"
     ids = job_ids(ACCOUNTS)
     env = engine_env(ACCOUNTS)
@@ -104,45 +117,43 @@ async def test_kill_9_at_random_points_loses_nothing_and_resends_only_what_was_i
     )
     kills: list[Kill] = []
     config = SimConfig(latency=0.01, rate_limit=RATE)
-    async with Simulator(accounts_table(ACCOUNTS), config) as sim:
-        url = ("--base-url", sim.base_url or "")
-        for number in range(KILLS):
-            first = len(sim.arrivals)
-            out, err = tmp_path / f"kill{number}.out", tmp_path / f"kill{number}.err"
-            process = await spawn(*args, *url, env=env, out=out, err=err)
-            if number % 6 == 5:
-                # Anywhere in start-up: reading the job file, opening the results file, the
-                # first requests.
-                await asyncio.sleep(rng.uniform(0.0, 0.8))
-            else:
-                arrived = asyncio.ensure_future(
-                    sim.wait_for_arrivals(first + rng.randint(1, 3 * CONCURRENCY))
-                )
-                exited = asyncio.ensure_future(process.wait())
-                await asyncio.wait(
-                    {arrived, exited}, timeout=30, return_when=asyncio.FIRST_COMPLETED
-                )
-                arrived.cancel()
-                exited.cancel()
-                assert process.returncode is None, "the engine ended before its kill point"
-                # Then the kill lands anywhere: between sends, mid-answer, mid-record.
-                await asyncio.sleep(rng.uniform(0.0, 0.01))
-            process.kill()
-            killed = await finish(process, out, err)
-            assert "Traceback" not in killed.err
-            await quiet(sim)
-            torn = tear_last_line(results) if rng.random() < 0.3 else None
-            sent = [ids[a.leader_id] for a in sim.arrivals[first:] if a.path != TIME_PATH]
-            assert len(sent) == len(set(sent)), "a run sent one job twice"
-            ok_before = kills[-1].ok_after if kills else set()
-            assert not set(sent) & ok_before, "a job already ok was sent again"
-            kills.append(Kill(set(sent), ok_jobs(results), torn))
-
+    sim = await simulator(accounts_of(ACCOUNTS), config)
+    url = ("--base-url", sim.base_url or "")
+    for number in range(KILLS):
         first = len(sim.arrivals)
-        final = await run_engine(*args, *url, env=env, workdir=tmp_path, name="final")
-        assert final.code == 0, final.err
-        final_sent = {ids[a.leader_id] for a in sim.arrivals[first:]}
-        assert not final_sent & kills[-1].ok_after, "a job already ok was sent again"
+        running = await engines.start(*args, *url, env=env, name=f"kill{number}")
+        process = running.process
+        if number % 6 == 5:
+            # Anywhere in start-up: reading the job file, opening the results file, the
+            # first requests.
+            await asyncio.sleep(rng.uniform(0.0, 0.8))
+        else:
+            arrived = asyncio.ensure_future(
+                sim.wait_for_arrivals(first + rng.randint(1, 3 * CONCURRENCY))
+            )
+            exited = asyncio.ensure_future(process.wait())
+            await asyncio.wait({arrived, exited}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            arrived.cancel()
+            exited.cancel()
+            assert process.returncode is None, "the engine ended before its kill point"
+            # Then the kill lands anywhere: between sends, mid-answer, mid-record.
+            await asyncio.sleep(rng.uniform(0.0, 0.01))
+        process.kill()
+        killed = await running.finish()
+        assert "Traceback" not in killed.err
+        await quiet(sim)
+        torn = tear_last_line(results) if rng.random() < 0.3 else None
+        sent = [ids[a.leader_id] for a in sim.arrivals[first:] if a.path != TIME_PATH]
+        assert len(sent) == len(set(sent)), "a run sent one job twice"
+        ok_before = kills[-1].ok_after if kills else set()
+        assert not set(sent) & ok_before, "a job already ok was sent again"
+        kills.append(Kill(set(sent), ok_jobs(results), torn))
+
+    first = len(sim.arrivals)
+    final = await engines.run(*args, *url, env=env, name="final")
+    assert final.code == 0, final.err
+    final_sent = {ids[a.leader_id] for a in sim.arrivals[first:]}
+    assert not final_sent & kills[-1].ok_after, "a job already ok was sent again"
 
     torn = sum(k.torn is not None for k in kills)
     assert torn >= 3, "too few torn lines for this test to mean much"
@@ -164,8 +175,8 @@ async def test_kill_9_at_random_points_loses_nothing_and_resends_only_what_was_i
     assert set(accepted) == set(ids.values())
     in_flight = [k.in_flight for k in kills]
     for kill in kills:
-        # Each held a concurrency slot; the torn line's job had finished, and is one more.
-        assert len(kill.in_flight) <= CONCURRENCY + (kill.torn is not None)
+        # Each held a concurrency slot; a torn ok line's job had finished, and is one more.
+        assert len(kill.in_flight) <= CONCURRENCY + (kill.torn is not None and kill.torn.was_ok)
     duplicated = {job for job, n in accepted.items() if n > 1}
     assert duplicated <= set().union(*in_flight)
     for job, n in accepted.items():
@@ -180,62 +191,54 @@ async def test_kill_9_at_random_points_loses_nothing_and_resends_only_what_was_i
 SMALL = {"alice": 20, "bob": 20}
 
 
-async def _second_engine(tmp_path: Path, *extra: str) -> tuple[Finished, Finished, Simulator]:
-    """A first engine holding the results file mid-run, and a second started on it."""
-    jobs = tmp_path / "jobs.yaml"
-    jobs.write_text(job_file(SMALL))
-    env = engine_env(SMALL)
-    async with Simulator(accounts_table(SMALL), SimConfig(latency=0.05)) as sim:
-        args = (
-            "run",
-            "--no-preflight",
-            str(jobs),
-            "--base-url",
-            sim.base_url or "",
-            "--concurrency",
-            "2",
-        )
-        out, err = tmp_path / "first.out", tmp_path / "first.err"
-        first = await spawn(*args, env=env, out=out, err=err)
-        await sim.wait_for_arrivals(1)
-        second = await run_engine(*args, *extra, env=env, workdir=tmp_path, name="second")
-        first_done = await finish(first, out, err)
-    return first_done, second, sim
-
-
 async def test_a_second_engine_on_the_same_results_file_refuses_and_sends_nothing(
-    tmp_path: Path,
+    simulator: StartSimulator, write_jobs: WriteJobs, engines: Engines
 ) -> None:
-    first, second, sim = await _second_engine(tmp_path, "--fresh")
+    """A run holds the results file; a second started on it, even with --fresh, refuses,
+    sends nothing and leaves the file as it was. The test holds the lock itself, as a run
+    does (``flock``), so the second meets it every time, however fast the first was."""
+    jobs = write_jobs(SMALL)
+    env = engine_env(SMALL)
+    sim = await simulator(accounts_of(SMALL), SimConfig(latency=0.05))
+    args = (
+        "run", "--no-preflight", str(jobs), "--base-url", sim.base_url or "", "--concurrency", "2"
+    )  # fmt: skip
+    first = await engines.run(*args, env=env, name="first")
+    results = jobs.with_suffix(".results.jsonl")
+    recorded = results.read_bytes()
+    with results.open("ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        second = await engines.run(*args, "--fresh", env=env, name="second")
     assert second.code == 2, second.output
     assert "in use by another run" in second.err and "nothing sent" in second.err
     assert first.code == 0, first.err
-    # --fresh did not wipe what the first engine was writing, and nothing went out twice.
-    assert len(ok_jobs(tmp_path / "jobs.results.jsonl")) == 40
+    # --fresh did not wipe what the first engine wrote, and nothing went out twice.
+    assert results.read_bytes() == recorded
+    assert len(ok_jobs(results)) == 40
     assert len(sim.arrivals) == 40
     assert set(sim.accepted.values()) == {1}
 
 
-async def test_two_engines_started_together_never_both_send(tmp_path: Path) -> None:
+async def test_two_engines_started_together_never_both_send(
+    simulator: StartSimulator, write_jobs: WriteJobs, engines: Engines
+) -> None:
     """Whichever locks the file first runs; the other refuses. (Were the second held up for
     the whole of the first's run, it would find every job ok and send nothing: also safe.)"""
-    jobs = tmp_path / "jobs.yaml"
-    jobs.write_text(job_file(SMALL))
+    jobs = write_jobs(SMALL)
     env = engine_env(SMALL)
-    async with Simulator(accounts_table(SMALL), SimConfig(latency=0.05)) as sim:
-        args = (
-            "run",
-            "--no-preflight",
-            str(jobs),
-            "--base-url",
-            sim.base_url or "",
-            "--concurrency",
-            "2",
-        )
-        both = await asyncio.gather(
-            run_engine(*args, env=env, workdir=tmp_path, name="a"),
-            run_engine(*args, env=env, workdir=tmp_path, name="b"),
-        )
+    sim = await simulator(accounts_of(SMALL), SimConfig(latency=0.05))
+    args = (
+        "run",
+        "--no-preflight",
+        str(jobs),
+        "--base-url",
+        sim.base_url or "",
+        "--concurrency",
+        "2",
+    )
+    both = await asyncio.gather(
+        engines.run(*args, env=env, name="a"), engines.run(*args, env=env, name="b")
+    )
     first, second = sorted(both, key=lambda run: run.code)
     assert first.code == 0, first.output
     assert second.code == 2 or "skipping 40 jobs already ok" in second.err, second.output

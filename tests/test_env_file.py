@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from engine.cli import main
 from engine.simulator import FOLLOW_PATHS, SimConfig, Simulator
-from tests.procs import (
-    accounts_table,
+from tests.support import (
+    accounts_of,
     engine_env,
     job_file,
     last_lines,
@@ -35,7 +35,7 @@ async def test_run_signs_with_the_secrets_of_the_env_file(tmp_path: Path) -> Non
     jobs = tmp_path / "jobs.yaml"
     jobs.write_text(job_file(ACCOUNTS))
     keys = env_file(tmp_path / "xt.env")
-    async with Simulator(accounts_table(ACCOUNTS), SimConfig()) as sim:
+    async with Simulator(accounts_of(ACCOUNTS), SimConfig()) as sim:
         done = await run_engine(
             "run", str(jobs), "--base-url", sim.base_url or "", "--env-file", str(keys),
             env=engine_env({}), workdir=tmp_path,

@@ -11,6 +11,7 @@ import os
 import random
 import resource
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,19 +35,18 @@ from engine.simulator import (
     NON_JSON,
     SLOW,
     SimConfig,
-    Simulator,
 )
-from tests import support
-from tests.procs import (
-    accounts_table,
+from tests.support import (
+    Engines,
+    StartSimulator,
+    WriteJobs,
+    accounts_of,
     engine_env,
-    finish,
-    job_file,
     last_lines,
+    make_campaign,
     ok_jobs,
     outcome_lines,
-    run_engine,
-    spawn,
+    run_against,
     unrecorded_lines,
 )
 
@@ -71,12 +71,12 @@ AMBIGUOUS_FAULTS = {DROP_BEFORE, DROP_AFTER, NON_JSON, SLOW, HTTP500, HTTP502, H
 
 
 async def test_every_fault_at_once_each_job_ends_right_and_the_limit_holds(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, simulator: StartSimulator
 ) -> None:
     # Shorter backoff keeps the test quick; its schedule is proven in test_policy.
     monkeypatch.setattr(policy, "BACKOFF_CAP", 1.0)
     rate = 20
-    campaign = support.make_campaign(
+    campaign = make_campaign(
         {"alice": 12, "bob": 12, "carol": 12},
         tmp_path,
         rate_limit=rate,
@@ -92,11 +92,11 @@ async def test_every_fault_at_once_each_job_ends_right_and_the_limit_holds(
         slow_seconds=1.0,  # past the client's 0.8 s timeout
         skew_ms=-2000,  # the server's clock 2 s behind: every signature "from the future"
     )
-    async with Simulator(support.accounts_of(campaign), config) as sim:
-        # Each kind at least once for sure, on top of the random ones.
-        for job, fault in zip(campaign.jobs[::3], EVERY_FAULT, strict=False):
-            sim.script(job.leader_id, [fault])
-        outcome = await support.run_against(sim, campaign)
+    sim = await simulator(accounts_of(campaign), config)
+    # Each kind at least once for sure, on top of the random ones.
+    for job, fault in zip(campaign.jobs[::3], EVERY_FAULT, strict=False):
+        sim.script(job.leader_id, [fault])
+    outcome = await run_against(sim, campaign)
 
     follows = [a for a in sim.arrivals if a.path != TIME_PATH]
     by_leader = defaultdict(list)
@@ -129,12 +129,17 @@ async def test_every_fault_at_once_each_job_ends_right_and_the_limit_holds(
 ALICE = {"alice": 40}
 
 
-async def _refused(tmp_path: Path, results: Path, **kwargs: object) -> None:
-    """The engine exits 2 naming ``results``, and not one request reached the exchange."""
-    jobs = tmp_path / "jobs.yaml"
-    jobs.write_text(job_file(ALICE))
-    async with Simulator(accounts_table(ALICE), SimConfig()) as sim:
-        run = await run_engine(
+@pytest.fixture
+def refused(
+    simulator: StartSimulator, write_jobs: WriteJobs, engines: Engines
+) -> Callable[..., Awaitable[None]]:
+    """``await refused(results, preexec_fn=...)``: the engine exits 2 naming ``results``,
+    and not one request reached the exchange."""
+
+    async def check(results: Path, preexec_fn: Callable[[], None] | None = None) -> None:
+        jobs = write_jobs(ALICE)
+        sim = await simulator(accounts_of(ALICE), SimConfig())
+        run = await engines.run(
             "run",
             "--no-preflight",
             str(jobs),
@@ -143,31 +148,38 @@ async def _refused(tmp_path: Path, results: Path, **kwargs: object) -> None:
             "--results",
             str(results),
             env=engine_env(ALICE),
-            workdir=tmp_path,
             timeout=20,
-            **kwargs,  # type: ignore[arg-type]
+            preexec_fn=preexec_fn,
         )
-    assert run.code == 2, run.output
-    assert str(results) in run.err and "nothing sent" in run.err
-    assert "Traceback" not in run.err
-    assert sim.arrivals == []
+        assert run.code == 2, run.output
+        assert str(results) in run.err and "nothing sent" in run.err
+        assert "Traceback" not in run.err
+        assert sim.arrivals == []
+
+    return check
 
 
-async def test_a_results_path_under_a_regular_file_refuses_to_start(tmp_path: Path) -> None:
+async def test_a_results_path_under_a_regular_file_refuses_to_start(
+    tmp_path: Path, refused: Callable[..., Awaitable[None]]
+) -> None:
     """Permission bits do not stop root; a parent that is a file stops everyone."""
     (tmp_path / "plain-file").write_text("")
-    await _refused(tmp_path, tmp_path / "plain-file" / "r.jsonl")
+    await refused(tmp_path / "plain-file" / "r.jsonl")
 
 
-async def test_a_results_path_that_is_a_directory_refuses_to_start(tmp_path: Path) -> None:
+async def test_a_results_path_that_is_a_directory_refuses_to_start(
+    tmp_path: Path, refused: Callable[..., Awaitable[None]]
+) -> None:
     (tmp_path / "a-dir").mkdir()
-    await _refused(tmp_path, tmp_path / "a-dir")
+    await refused(tmp_path / "a-dir")
 
 
-async def test_a_results_path_that_is_a_fifo_refuses_to_start(tmp_path: Path) -> None:
+async def test_a_results_path_that_is_a_fifo_refuses_to_start(
+    tmp_path: Path, refused: Callable[..., Awaitable[None]]
+) -> None:
     """A FIFO (or /dev/zero) would block (or never end) when read at start."""
     os.mkfifo(tmp_path / "fifo")
-    await _refused(tmp_path, tmp_path / "fifo")
+    await refused(tmp_path / "fifo")
 
 
 def _file_size_limit(limit: int) -> None:
@@ -179,20 +191,22 @@ def _file_size_limit(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
-async def test_no_room_to_record_refuses_to_start(tmp_path: Path) -> None:
-    await _refused(tmp_path, tmp_path / "r.jsonl", preexec_fn=lambda: _file_size_limit(64 * 1024))
+async def test_no_room_to_record_refuses_to_start(
+    tmp_path: Path, refused: Callable[..., Awaitable[None]]
+) -> None:
+    await refused(tmp_path / "r.jsonl", preexec_fn=lambda: _file_size_limit(64 * 1024))
 
 
 async def test_too_little_free_disk_refuses_before_the_first_request(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, simulator: StartSimulator
 ) -> None:
     full = SimpleNamespace(total=1 << 30, used=(1 << 30) - 4096, free=4096)
     monkeypatch.setattr("engine.results.shutil.disk_usage", lambda _: full)
-    campaign = support.make_campaign({"alice": 3}, tmp_path)
-    async with Simulator(support.accounts_of(campaign), SimConfig()) as sim:
-        campaign = dataclasses.replace(campaign, base_url=sim.base_url or "")
-        with pytest.raises(ResultsFileError, match="bytes free; not starting"):
-            await launch_campaign(campaign, LaunchOptions(results=tmp_path / "r.jsonl"))
+    campaign = make_campaign({"alice": 3}, tmp_path)
+    sim = await simulator(accounts_of(campaign), SimConfig())
+    campaign = dataclasses.replace(campaign, base_url=sim.base_url or "")
+    with pytest.raises(ResultsFileError, match="bytes free; not starting"):
+        await launch_campaign(campaign, LaunchOptions(results=tmp_path / "r.jsonl"))
     assert sim.arrivals == []
 
 
@@ -248,18 +262,14 @@ class _FailingLog(ResultLog):
         super().record(result)
 
 
-async def test_a_write_failure_stops_dispatching(tmp_path: Path) -> None:
+async def test_a_write_failure_stops_dispatching(tmp_path: Path, simulator: StartSimulator) -> None:
     concurrency = 2
-    campaign = support.make_campaign(
-        {"alice": 40}, tmp_path, rate_limit=1000, concurrency=concurrency
-    )
+    campaign = make_campaign({"alice": 40}, tmp_path, rate_limit=1000, concurrency=concurrency)
     log = _FailingLog(tmp_path / "r.jsonl", room=3)
     log.open()
     collector = Collector(log)
-    async with (
-        Simulator(support.accounts_of(campaign), SimConfig(latency=0.01)) as sim,
-        XtClient(sim.base_url or "", campaign.settings.api) as client,
-    ):
+    sim = await simulator(accounts_of(campaign), SimConfig(latency=0.01))
+    async with XtClient(sim.base_url or "", campaign.settings.api) as client:
         runner = WorkerPool(campaign, client, collector, rng=random.Random(1))
         stats = await asyncio.wait_for(runner.process(campaign.jobs), 20)
     log.close()
@@ -274,34 +284,30 @@ async def test_a_write_failure_stops_dispatching(tmp_path: Path) -> None:
 
 
 async def test_a_disk_full_mid_run_stops_sending_and_prints_what_it_could_not_record(
-    tmp_path: Path,
+    simulator: StartSimulator, write_jobs: WriteJobs, engines: Engines
 ) -> None:
     concurrency = 2
     limit = 2 << 20
-    jobs = tmp_path / "jobs.yaml"
-    jobs.write_text(job_file(ALICE))
-    results = tmp_path / "r.jsonl"
-    async with Simulator(accounts_table(ALICE), SimConfig(latency=0.05)) as sim:
-        out, err = tmp_path / "engine.out", tmp_path / "engine.err"
-        process = await spawn(
-            "run",
-            "--no-preflight",
-            str(jobs),
-            "--base-url",
-            sim.base_url or "",
-            "--results",
-            str(results),
-            "--concurrency",
-            str(concurrency),
-            env=engine_env(ALICE),
-            out=out,
-            err=err,
-            preexec_fn=lambda: _file_size_limit(limit),
-        )
-        await sim.wait_for_arrivals(6)
-        with results.open("ab") as file:  # the disk fills up: blank lines, which readers skip
-            file.write(b"\n" * limit)
-        run = await finish(process, out, err, timeout=30)
+    jobs = write_jobs(ALICE)
+    results = jobs.parent / "r.jsonl"
+    sim = await simulator(accounts_of(ALICE), SimConfig(latency=0.05))
+    running = await engines.start(
+        "run",
+        "--no-preflight",
+        str(jobs),
+        "--base-url",
+        sim.base_url or "",
+        "--results",
+        str(results),
+        "--concurrency",
+        str(concurrency),
+        env=engine_env(ALICE),
+        preexec_fn=lambda: _file_size_limit(limit),
+    )
+    await sim.wait_for_arrivals(6)
+    with results.open("ab") as file:  # the disk fills up: blank lines, which readers skip
+        file.write(b"\n" * limit)
+    run = await running.finish(timeout=30)
     assert run.code == 1, run.output
     assert "File too large" in run.err and "stopped sending" in run.err
     assert "Traceback" not in run.err

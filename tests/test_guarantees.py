@@ -29,10 +29,10 @@ from engine.limiter import KeyLimiter, Limiter, LocalLimits
 from engine.results import JobResult, ResultLog, ResultsFileError
 from engine.simulator import FOLLOW_PATHS, SimConfig, Simulator
 from tests import support
-from tests.procs import (
+from tests.support import (
     ENGINE,
     PROCESS_TIMEOUT,
-    accounts_table,
+    accounts_of,
     engine_env,
     finish,
     job_file,
@@ -174,7 +174,7 @@ async def test_a_results_or_lock_file_gone_mid_run_stops_sending_within_a_second
     results = tmp_path / "jobs.results.jsonl"
     kept = tmp_path / "kept.jsonl"
     out, err = tmp_path / "engine.out", tmp_path / "engine.err"
-    async with Simulator(accounts_table(LONG), SimConfig(latency=1.5)) as sim:
+    async with Simulator(accounts_of(LONG), SimConfig(latency=1.5)) as sim:
         args = (
             "run",
             "--no-preflight",
@@ -234,7 +234,7 @@ async def test_a_second_run_of_a_campaign_refuses_while_the_first_runs(
     results = tmp_path / "jobs.results.jsonl"
     env = engine_env(small)
     out, err = tmp_path / "first.out", tmp_path / "first.err"
-    async with Simulator(accounts_table(small), SimConfig(latency=0.2)) as sim:
+    async with Simulator(accounts_of(small), SimConfig(latency=0.2)) as sim:
         args = (
             "run",
             "--no-preflight",
@@ -334,7 +334,7 @@ async def test_a_results_path_that_is_no_results_file_is_refused_untouched(
     jobs.write_text(job_file({"alice": 3}))
     results = make(tmp_path)
     before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and not p.is_fifo()}
-    async with Simulator(accounts_table({"alice": 3})) as sim:
+    async with Simulator(accounts_of({"alice": 3})) as sim:
         run = await run_engine(
             "run", "--no-preflight", str(jobs), "--base-url", sim.base_url or "",
             "--results", str(results),
@@ -399,7 +399,7 @@ async def test_a_stop_while_the_job_file_loads_sends_nothing(
         text = text.replace("${XT_K00_SECRET_KEY}", secret_of("k00"))
         text += "schedule:\n  cron: '* * * * *'\n"
     jobs = FifoFeeder(tmp_path / "jobs.yaml")
-    async with Simulator(accounts_table(BURST)) as sim:
+    async with Simulator(accounts_of(BURST)) as sim:
         args = (command, str(jobs.path), "--base-url", sim.base_url or "")
         once = ["--once"] if command == "schedule" else []
         process = await start_piped(*args, *once, env=engine_env(BURST))
@@ -464,7 +464,7 @@ async def test_sighup_stops_like_sigterm_recording_the_requests_in_flight(tmp_pa
     jobs, results = tmp_path / "jobs.yaml", tmp_path / "r.jsonl"
     jobs.write_text(job_file(accounts))
     out, err = tmp_path / "out", tmp_path / "err"
-    async with Simulator(accounts_table(accounts), SimConfig(latency=0.3)) as sim:
+    async with Simulator(accounts_of(accounts), SimConfig(latency=0.3)) as sim:
         process = await spawn(
             "run", "--no-preflight", str(jobs), "--base-url", sim.base_url or "",
             "--results", str(results),
@@ -496,7 +496,7 @@ async def test_a_stdout_closed_early_changes_neither_the_run_nor_its_exit_code(
     reader, writer = os.pipe()
     os.close(reader)
     try:
-        async with Simulator(accounts_table(accounts)) as sim:
+        async with Simulator(accounts_of(accounts)) as sim:
             with (tmp_path / "err").open("wb") as err:
                 process = await asyncio.create_subprocess_exec(
                     *ENGINE, "run", "--no-preflight", str(jobs), "--base-url", sim.base_url or "",

@@ -34,9 +34,9 @@ from engine.profiles import V4
 from engine.results import ResultLog
 from engine.simulator import HTTP429, HTTP500, HTTP502, HTTP503, SimConfig, Simulator
 from tests import support
-from tests.procs import (
+from tests.support import (
     BASE_LEADER,
-    accounts_table,
+    accounts_of,
     engine_env,
     job_file,
     key_of,
@@ -353,7 +353,7 @@ async def test_a_retry_after_above_max_retry_after_fails_the_keys_jobs_unsent(
     accounts = {"alice": 3, "bob": 2}
     jobs = tmp_path / "jobs.yaml"
     jobs.write_text(job_file(accounts))
-    async with Simulator(accounts_table(accounts)) as sim:
+    async with Simulator(accounts_of(accounts)) as sim:
         sim.script(BASE_LEADER, ["http429"])
         run = await run_engine(
             "run", "--no-preflight", str(jobs), "--base-url", sim.base_url or "",

@@ -17,7 +17,7 @@ from engine.cli import main
 from engine.jobfile import JobFileError, load
 from engine.simulator import Simulator
 from engine.yamlread import printable
-from tests.procs import engine_env, job_file, run_engine, secret_of
+from tests.support import engine_env, job_file, run_engine, secret_of
 
 SECRET = secret_of("alice")
 ENV = {"XT_ALICE_API_KEY": "key-alice", "XT_ALICE_SECRET_KEY": SECRET}

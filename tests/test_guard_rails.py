@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from engine.cli import main
 from engine.results import ResultLog
 from engine.simulator import SimConfig, Simulator
-from tests.procs import BASE_LEADER, FOLLOW_DEFAULTS, engine_env, job_file, run_engine
+from tests.support import BASE_LEADER, FOLLOW_DEFAULTS, engine_env, job_file, run_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNTS = {"alice": 2}

@@ -10,7 +10,7 @@ import json
 import random
 import string
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,21 @@ from engine.launch import MAX_LINE_WARNINGS, LaunchOptions, launch_campaign
 from engine.pool import WorkerPool
 from engine.profiles import V4
 from engine.results import JobResult, ResultLog
-from engine.simulator import SimConfig, Simulator
-from tests import support
-from tests.procs import Finished, accounts_table, engine_env, job_file, run_engine
+from engine.simulator import SimConfig
+from tests.support import (
+    Finished,
+    Handler,
+    StartSimulator,
+    accounts_of,
+    canned,
+    cut_short,
+    dribble,
+    engine_env,
+    job_file,
+    make_campaign,
+    run_engine,
+    secret_of,
+)
 
 # --- The job-file loader under arbitrary input --------------------------------------------
 
@@ -369,47 +381,50 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize("case", HOSTILE, ids=lambda c: c.name)
-def test_hostile_job_files_exit_2_with_a_clear_message(tmp_path: Path, case: Hostile) -> None:
+def test_hostile_job_files_exit_2_with_a_clear_message(
+    cli: CliRunner, tmp_path: Path, case: Hostile
+) -> None:
     """In process, for speed; nothing listens at the base URL, and the results file, opened
     before the first request, is never created."""
     path = case.make(tmp_path)
     results = tmp_path / "r.jsonl"
-    env = engine_env({"alice": 1})
-    run = CliRunner(env=env).invoke(
+    run = cli.invoke(
         main, ["run", str(path), "--base-url", "http://127.0.0.1:9", "--results", str(results)]
     )
     assert run.exit_code == 2, run.output
     assert case.says in run.stderr
     assert "nothing sent" in run.stderr
     assert run.exception is None or isinstance(run.exception, SystemExit)
-    assert env["XT_ALICE_SECRET_KEY"] not in run.output
+    assert secret_of("alice") not in run.output
     assert not results.exists()
     assert not (tmp_path / "pwned").exists()
 
 
-async def test_hostile_job_files_send_nothing_to_a_live_exchange(tmp_path: Path) -> None:
+async def test_hostile_job_files_send_nothing_to_a_live_exchange(
+    tmp_path: Path, simulator: StartSimulator
+) -> None:
     """The same through a separate engine process, with an exchange listening."""
     accounts = {"alice": 1}
     cases = [c for c in HOSTILE if c.name in ("python tag", "billion laughs", "huge")]
-    async with Simulator(accounts_table(accounts), SimConfig()) as sim:
+    sim = await simulator(accounts_of(accounts), SimConfig())
 
-        async def attempt(case: Hostile, number: int) -> tuple[Hostile, Path, Finished]:
-            where = tmp_path / f"case{number}"
-            where.mkdir()
-            run = await run_engine(
-                "run",
-                str(case.make(where)),
-                "--base-url",
-                sim.base_url or "",
-                "--results",
-                str(where / "r.jsonl"),
-                env=engine_env(accounts),
-                workdir=where,
-                timeout=30,
-            )
-            return case, where, run
+    async def attempt(case: Hostile, number: int) -> tuple[Hostile, Path, Finished]:
+        where = tmp_path / f"case{number}"
+        where.mkdir()
+        run = await run_engine(
+            "run",
+            str(case.make(where)),
+            "--base-url",
+            sim.base_url or "",
+            "--results",
+            str(where / "r.jsonl"),
+            env=engine_env(accounts),
+            workdir=where,
+            timeout=30,
+        )
+        return case, where, run
 
-        outcomes = await asyncio.gather(*(attempt(c, n) for n, c in enumerate(cases)))
+    outcomes = await asyncio.gather(*(attempt(c, n) for n, c in enumerate(cases)))
     for case, where, run in outcomes:
         assert run.code == 2, (case.name, run.output)
         assert case.says in run.err and "nothing sent" in run.err, (case.name, run.err)
@@ -420,27 +435,6 @@ async def test_hostile_job_files_send_nothing_to_a_live_exchange(tmp_path: Path)
 
 
 # --- Answers that are not what XT sends -----------------------------------------------------
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _body(status: int, body: bytes, **headers: str) -> Handler:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        return web.Response(status=status, body=body, headers=headers)
-
-    return handle
-
-
-async def _cut_short(request: web.Request) -> web.StreamResponse:
-    """Promises 100 bytes, sends 10, hangs up."""
-    await request.read()
-    response = web.StreamResponse(headers={"Content-Length": "100"})
-    await response.prepare(request)
-    await response.write(b'{"rc":0,"m')
-    assert request.transport is not None
-    request.transport.close()
-    return response
 
 
 def _gzip_bomb(megabytes: int) -> bytes:
@@ -467,7 +461,7 @@ class Answer:
 ANSWERS = [
     Answer(
         "huge",
-        _body(200, b'{"rc":0,"mc":"SUCCESS","pad":"' + b"x" * (3 << 20) + b'"}'),
+        canned(200, b'{"rc":0,"mc":"SUCCESS","pad":"' + b"x" * (3 << 20) + b'"}'),
         "failed",
         2,
         True,
@@ -475,7 +469,7 @@ ANSWERS = [
     ),
     Answer(
         "truncated",
-        _body(200, SUCCESS[:18]),
+        canned(200, SUCCESS[:18]),
         "failed",
         2,
         True,
@@ -483,43 +477,43 @@ ANSWERS = [
     ),
     Answer(
         "html",
-        _body(200, b"<html>bad gateway</html>", **{"Content-Type": "text/html"}),
+        canned(200, b"<html>bad gateway</html>", **{"Content-Type": "text/html"}),
         "failed",
         2,
         True,
         f"gave up after 2 attempts: HTTP 200 {NOT_XT}: '<html>",
     ),
-    Answer("a list", _body(200, b"[" + SUCCESS + b"]"), "failed", 2, True, "gave up after 2"),
-    Answer("rc as text", _body(200, b'{"rc":"0","mc":"SUCCESS"}'), "failed", 2, True, "gave up"),
-    Answer("rc as bool", _body(200, b'{"rc":false,"mc":"SUCCESS"}'), "failed", 2, True, "gave up"),
-    Answer("no mc", _body(200, b'{"rc":0}'), "failed", 2, True, "gave up after 2"),
-    Answer("null", _body(200, b"null"), "failed", 2, True, "gave up after 2"),
-    Answer("nested deep", _body(200, b"[" * 200_000), "failed", 2, True, "gave up after 2"),
-    Answer("not utf-8", _body(200, b"\xff\xfe\x00\xd8garbage"), "failed", 2, True, "gave up"),
+    Answer("a list", canned(200, b"[" + SUCCESS + b"]"), "failed", 2, True, "gave up after 2"),
+    Answer("rc as text", canned(200, b'{"rc":"0","mc":"SUCCESS"}'), "failed", 2, True, "gave up"),
+    Answer("rc as bool", canned(200, b'{"rc":false,"mc":"SUCCESS"}'), "failed", 2, True, "gave up"),
+    Answer("no mc", canned(200, b'{"rc":0}'), "failed", 2, True, "gave up after 2"),
+    Answer("null", canned(200, b"null"), "failed", 2, True, "gave up after 2"),
+    Answer("nested deep", canned(200, b"[" * 200_000), "failed", 2, True, "gave up after 2"),
+    Answer("not utf-8", canned(200, b"\xff\xfe\x00\xd8garbage"), "failed", 2, True, "gave up"),
     Answer(
         "gzip bomb",
-        _body(200, _gzip_bomb(64), **{"Content-Encoding": "gzip"}),
+        canned(200, _gzip_bomb(64), **{"Content-Encoding": "gzip"}),
         "failed",
         2,
         True,
         "gave up after 2 attempts: ",
     ),
-    Answer("cut short", _cut_short, "failed", 2, True, "gave up after 2 attempts: no answer"),
+    Answer("cut short", cut_short, "failed", 2, True, "gave up after 2 attempts: no answer"),
     Answer(
-        "403 page", _body(403, b"<html>forbidden</html>"), "failed", 1, False, "HTTP 403: '<html>"
+        "403 page", canned(403, b"<html>forbidden</html>"), "failed", 1, False, "HTTP 403: '<html>"
     ),
     Answer(
         "4xx envelope",
-        _body(400, b'{"rc":1,"mc":"COPY_TRADE_SPOT_006","ma":[],"result":null}'),
+        canned(400, b'{"rc":1,"mc":"COPY_TRADE_SPOT_006","ma":[],"result":null}'),
         "failed",
         1,
         False,
         "HTTP 400 rc=1 mc=COPY_TRADE_SPOT_006",
     ),
-    Answer("202 envelope", _body(202, SUCCESS), "ok", 1, False, None),
+    Answer("202 envelope", canned(202, SUCCESS), "ok", 1, False, None),
     Answer(
         "204 empty",
-        _body(204, b""),
+        canned(204, b""),
         "failed",
         2,
         True,
@@ -539,7 +533,7 @@ async def _serve(handler: Handler) -> tuple[web.AppRunner, str]:
 
 async def _follow_once(base_url: str, tmp_path: Path, **settings: Any) -> JobResult:
     """One job through WorkerPool, Collector and ResultLog; its result as the file has it."""
-    campaign = support.make_campaign({"alice": 1}, tmp_path, max_attempts=2, **settings)
+    campaign = make_campaign({"alice": 1}, tmp_path, max_attempts=2, **settings)
     results = tmp_path / "r.jsonl"
     log = ResultLog(results)
     log.open()
@@ -621,18 +615,6 @@ async def test_a_redirect_is_not_followed_with_the_credentials(tmp_path: Path) -
 
 
 async def test_an_answer_dribbled_a_byte_at_a_time_is_bounded(tmp_path: Path) -> None:
-    async def dribble(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        response = web.StreamResponse()
-        await response.prepare(request)
-        for _ in range(200):  # 10 s at most: the server side is bounded too
-            try:
-                await response.write(b" ")
-            except ConnectionResetError:  # the client gave up: as it should
-                break
-            await asyncio.sleep(0.05)
-        return response
-
     runner, url = await _serve(dribble)
     try:
         result = await asyncio.wait_for(_follow_once(url, tmp_path, timeout=0.3), 3)
@@ -667,14 +649,14 @@ def test_a_tampered_results_file_is_read_line_by_line_never_a_crash(tmp_path: Pa
 
 
 async def test_a_results_file_full_of_garbage_warns_in_a_few_lines(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], simulator: StartSimulator
 ) -> None:
-    campaign = support.make_campaign({"alice": 2}, tmp_path)
+    campaign = make_campaign({"alice": 2}, tmp_path)
     results = tmp_path / "r.jsonl"
     results.write_text("not a result\n" * 50)
-    async with Simulator(support.accounts_of(campaign), SimConfig()) as sim:
-        campaign = dataclasses.replace(campaign, base_url=sim.base_url or "")
-        stats = await launch_campaign(campaign, LaunchOptions(results=results))
+    sim = await simulator(accounts_of(campaign), SimConfig())
+    campaign = dataclasses.replace(campaign, base_url=sim.base_url or "")
+    stats = await launch_campaign(campaign, LaunchOptions(results=results))
     assert stats.ok == 2
     err = capsys.readouterr().err
     assert err.count("skipped a line that is not a whole result") == MAX_LINE_WARNINGS

@@ -5,8 +5,7 @@ requests in flight with a warning rather than connections that fail for want of 
 from __future__ import annotations
 
 import resource
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 
 import pytest
@@ -14,8 +13,15 @@ import pytest
 import engine.launch
 from engine.campaign import Settings
 from engine.launch import SPARE_FILES, fit_open_files
-from engine.simulator import SimConfig, Simulator
-from tests.procs import accounts_table, engine_env, job_file, last_lines, run_engine
+from engine.simulator import SimConfig
+from tests.support import (
+    Engines,
+    StartSimulator,
+    WriteJobs,
+    accounts_of,
+    engine_env,
+    last_lines,
+)
 
 INFINITY = resource.RLIM_INFINITY
 
@@ -112,13 +118,17 @@ def _limit_open_files(soft: int, hard: int) -> Callable[[], None]:
     return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-async def _run_with_limits(
-    tmp_path: Path, soft: int, hard: int, *extra: str, accounts: dict[str, int] = ACCOUNTS
-) -> str:
-    jobs = tmp_path / "jobs.yaml"
-    jobs.write_text(job_file(accounts, extra="settings:\n  rate_limit: 1000\n"))
-    async with Simulator(accounts_table(accounts), SimConfig(latency=0.2)) as sim:
-        done = await run_engine(
+@pytest.fixture
+def run_with_limits(
+    simulator: StartSimulator, write_jobs: WriteJobs, engines: Engines
+) -> Callable[..., Awaitable[str]]:
+    """``await run_with_limits(soft, hard, *args, accounts=...)``: an engine process run
+    under these open-files limits; every follow left once and is ok. Its stderr."""
+
+    async def run(soft: int, hard: int, *extra: str, accounts: dict[str, int] = ACCOUNTS) -> str:
+        jobs = write_jobs(accounts, extra="settings:\n  rate_limit: 1000\n")
+        sim = await simulator(accounts_of(accounts), SimConfig(latency=0.2))
+        done = await engines.run(
             "run",
             "--no-preflight",
             str(jobs),
@@ -127,30 +137,37 @@ async def _run_with_limits(
             "--allow-over-limit",
             *extra,
             env=engine_env(accounts),
-            workdir=tmp_path,
             preexec_fn=_limit_open_files(soft, hard),
         )
-    assert done.code == 0, done.output
-    assert len(sim.arrivals) == sum(accounts.values()) and set(sim.accepted.values()) == {1}
-    lines, _ = last_lines(tmp_path / "jobs.results.jsonl")
-    assert {(line["status"], line["attempts"]) for line in lines.values()} == {("ok", 1)}
-    return done.err
+        assert done.code == 0, done.output
+        assert len(sim.arrivals) == sum(accounts.values()) and set(sim.accepted.values()) == {1}
+        lines, _ = last_lines(jobs.with_suffix(".results.jsonl"))
+        assert {(line["status"], line["attempts"]) for line in lines.values()} == {("ok", 1)}
+        return done.err
+
+    return run
 
 
-async def test_a_low_soft_limit_is_raised_and_every_follow_leaves_once(tmp_path: Path) -> None:
+async def test_a_low_soft_limit_is_raised_and_every_follow_leaves_once(
+    run_with_limits: Callable[..., Awaitable[str]],
+) -> None:
     # 300 in flight needs more than LOW files, and less than any hard limit seen in the wild.
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    err = await _run_with_limits(tmp_path, LOW, hard, "--concurrency", "300")
+    err = await run_with_limits(LOW, hard, "--concurrency", "300")
     assert "ulimit -n" not in err
 
 
-async def test_a_low_hard_limit_lowers_concurrency_and_says_so(tmp_path: Path) -> None:
-    err = await _run_with_limits(tmp_path, LOW, LOW)
+async def test_a_low_hard_limit_lowers_concurrency_and_says_so(
+    run_with_limits: Callable[..., Awaitable[str]],
+) -> None:
+    err = await run_with_limits(LOW, LOW)
     # Asked for: the default 2048, but never more than the campaign's 300 jobs.
     assert f"{LOW - SPARE_FILES} requests in flight at most instead of 300" in err
 
 
-async def test_a_campaign_that_fits_the_limit_is_not_warned_about(tmp_path: Path) -> None:
+async def test_a_campaign_that_fits_the_limit_is_not_warned_about(
+    run_with_limits: Callable[..., Awaitable[str]],
+) -> None:
     small = {f"acct{i:02d}": 10 for i in range(5)}
     assert sum(small.values()) < LOW - SPARE_FILES
-    assert "ulimit -n" not in await _run_with_limits(tmp_path, LOW, LOW, accounts=small)
+    assert "ulimit -n" not in await run_with_limits(LOW, LOW, accounts=small)

@@ -26,7 +26,7 @@ from engine.cli import main
 from engine.collector import CampaignStats
 from engine.report import ProgressDisplay, print_summary, progress_line
 from engine.results import JobResult
-from tests.procs import ENGINE, PROCESS_TIMEOUT
+from tests.support import ENGINE, PROCESS_TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "jobs.yaml"

@@ -14,7 +14,6 @@ import asyncio
 import io
 import os
 import signal
-from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,48 +30,26 @@ from engine.launch import LaunchOptions
 from engine.results import ResultLog
 from engine.schedule import Scheduler, next_firing, start_at
 from engine.simulator import SimConfig, Simulator
-from tests.procs import last_lines, outcome_lines, start_piped
+from tests.support import (
+    BASE_LEADER,
+    WriteJobs,
+    accounts_of,
+    engine_env,
+    last_lines,
+    outcome_lines,
+    secret_of,
+    secret_var,
+    start_piped,
+)
 
-SECRET = "secret-alice-7d1e"
-LEADER = 7302994413592166401
 START = datetime(2020, 1, 1, 8, 59, 30, tzinfo=timezone.utc)
-ACCOUNTS = {"key-alice": SECRET}
-
-HEAD = """\
-version: 1
-base_url: {base_url}
-settings:
-  timeout: 300
-{schedule}
-accounts:
-  alice:
-    api_key: key-alice
-    secret_key: ${{ALICE_SECRET}}
-defaults:
-  followType: RATE
-  followVal: 0.5
-  followLossOperate: LEADER_CLOSE
-  autoFollowSymbol: true
-  symbols: btc_usdt
-jobs:
-"""
+ACCOUNTS = accounts_of(["alice"])
 
 
-def write_jobs(
-    path: Path,
-    base_url: str,
-    schedule: str,
-    leaders: Iterable[int],
-    not_before: dict[int, datetime] | None = None,
-) -> Path:
-    """A job file for account alice, one job per leader id (offsets from ``LEADER``)."""
-    text = HEAD.format(base_url=base_url, schedule=schedule)
-    for n in leaders:
-        text += f"  - account: alice\n    leaderOrderId: {LEADER + n}\n"
-        if not_before and n in not_before:
-            text += f"    not_before: {not_before[n].isoformat()}\n"
-    path.write_text(text)
-    return path
+def setup(base_url: str, schedule: str) -> str:
+    """The job file's other keys, after alice's jobs; a timeout of 300 s outlasts the
+    slowest answer these tests drive the clock through (150 s)."""
+    return f"base_url: {base_url}\nsettings:\n  timeout: 300\n{schedule}\n"
 
 
 def at(moment: datetime) -> str:
@@ -100,7 +77,7 @@ async def sleep_until(clock: Clock, moment: datetime) -> None:
 
 def followed(sim: Simulator) -> list[int]:
     """Leader ids accepted, in order of arrival: a repeat would be a follow sent twice."""
-    return [a.leader_id - LEADER for a in sim.arrivals if a.mc == "SUCCESS" and a.leader_id]
+    return [a.leader_id - BASE_LEADER for a in sim.arrivals if a.mc == "SUCCESS" and a.leader_id]
 
 
 class ScheduleRun:
@@ -132,7 +109,7 @@ async def terminate(task: asyncio.Task[int]) -> int:
 
 @pytest.fixture(autouse=True)
 def secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ALICE_SECRET", SECRET)
+    monkeypatch.setenv(secret_var("alice"), secret_of("alice"))
 
 
 # Firing times
@@ -156,11 +133,13 @@ def test_cron_is_read_in_its_time_zone_across_daylight_saving() -> None:
 
 
 @pytest.mark.looptime
-async def test_at_in_the_near_future_sends_nothing_before_it(tmp_path: Path) -> None:
+async def test_at_in_the_near_future_sends_nothing_before_it(
+    tmp_path: Path, write_jobs: WriteJobs
+) -> None:
     clock = loop_clock(START)
     start = START + timedelta(seconds=90)
     async with Simulator(ACCOUNTS) as sim:
-        path = write_jobs(tmp_path / "jobs.yaml", sim.base_url or "", at(start), range(3))
+        path = write_jobs({"alice": 3}, extra=setup(sim.base_url or "", at(start)))
         campaign = jobfile.load(path)
         assert campaign.schedule is not None and campaign.schedule.at == start
         err = io.StringIO()
@@ -176,12 +155,16 @@ async def test_at_in_the_near_future_sends_nothing_before_it(tmp_path: Path) -> 
 
 
 @pytest.mark.looptime
-async def test_not_before_jobs_stay_back_while_others_go(tmp_path: Path) -> None:
+async def test_not_before_jobs_stay_back_while_others_go(
+    tmp_path: Path, write_jobs: WriteJobs
+) -> None:
     clock = loop_clock(START)
     hold = START + timedelta(minutes=5)
     async with Simulator(ACCOUNTS) as sim:
         path = write_jobs(
-            tmp_path / "jobs.yaml", sim.base_url or "", "", range(4), {1: hold, 3: hold}
+            {"alice": 4},
+            extra=setup(sim.base_url or "", ""),
+            not_before={BASE_LEADER + 1: hold, BASE_LEADER + 3: hold},
         )
         options = LaunchOptions(results=tmp_path / "r.jsonl", clock=clock)
         console = Console(file=io.StringIO())
@@ -194,7 +177,9 @@ async def test_not_before_jobs_stay_back_while_others_go(tmp_path: Path) -> None
     assert sorted(followed(sim)) == [0, 1, 2, 3]
     lines, _ = last_lines(tmp_path / "r.jsonl")
     finished = {
-        line["leaderOrderId"] - LEADER: datetime.fromisoformat(line["finished_at"][:-1] + "+00:00")
+        line["leaderOrderId"] - BASE_LEADER: datetime.fromisoformat(
+            line["finished_at"][:-1] + "+00:00"
+        )
         for line in lines.values()
     }
     assert all(finished[n] < hold for n in (0, 2))
@@ -205,19 +190,20 @@ async def test_not_before_jobs_stay_back_while_others_go(tmp_path: Path) -> None
 
 
 @pytest.mark.looptime
-async def test_cron_campaign_sends_each_follow_once_across_three_firings(tmp_path: Path) -> None:
+async def test_cron_campaign_sends_each_follow_once_across_three_firings(
+    write_jobs: WriteJobs,
+) -> None:
     clock = loop_clock(START)
     async with Simulator(ACCOUNTS) as sim:
-        path = tmp_path / "jobs.yaml"
-        write_jobs(path, sim.base_url or "", cron("*/15 * * * *"), range(2))
+        path = write_jobs({"alice": 2}, extra=setup(sim.base_url or "", cron("*/15 * * * *")))
         schedule = ScheduleRun(path, clock)
         task = schedule.start()
         await sleep_until(clock, START.replace(hour=9, minute=5))
         assert followed(sim) == [0, 1]
-        write_jobs(path, sim.base_url or "", cron("*/15 * * * *"), range(4))
+        write_jobs({"alice": 4}, extra=setup(sim.base_url or "", cron("*/15 * * * *")))
         await sleep_until(clock, START.replace(hour=9, minute=20))
         assert followed(sim) == [0, 1, 2, 3]
-        write_jobs(path, sim.base_url or "", cron("*/15 * * * *"), range(5))
+        write_jobs({"alice": 5}, extra=setup(sim.base_url or "", cron("*/15 * * * *")))
         await sleep_until(clock, START.replace(hour=9, minute=35))
         assert await terminate(task) == 130
     assert followed(sim) == [0, 1, 2, 3, 4]
@@ -232,13 +218,16 @@ async def test_cron_campaign_sends_each_follow_once_across_three_firings(tmp_pat
 
 @pytest.mark.looptime
 async def test_a_not_before_after_the_next_firing_waits_for_a_later_firing(
-    tmp_path: Path,
+    write_jobs: WriteJobs,
 ) -> None:
     clock = loop_clock(START)
     later = START.replace(hour=9, minute=20, second=0)
     async with Simulator(ACCOUNTS) as sim:
-        path = tmp_path / "jobs.yaml"
-        write_jobs(path, sim.base_url or "", cron("*/15 * * * *"), range(3), {1: later})
+        path = write_jobs(
+            {"alice": 3},
+            extra=setup(sim.base_url or "", cron("*/15 * * * *")),
+            not_before={BASE_LEADER + 1: later},
+        )
         schedule = ScheduleRun(path, clock)
         task = schedule.start()
         await sleep_until(clock, START.replace(hour=9, minute=5))
@@ -250,11 +239,12 @@ async def test_a_not_before_after_the_next_firing_waits_for_a_later_firing(
 
 
 @pytest.mark.looptime
-async def test_an_invalid_file_skips_its_firing_and_the_next_one_runs(tmp_path: Path) -> None:
+async def test_an_invalid_file_skips_its_firing_and_the_next_one_runs(
+    write_jobs: WriteJobs,
+) -> None:
     clock = loop_clock(START)
     async with Simulator(ACCOUNTS) as sim:
-        path = tmp_path / "jobs.yaml"
-        write_jobs(path, sim.base_url or "", cron("*/15 * * * *"), range(2))
+        path = write_jobs({"alice": 2}, extra=setup(sim.base_url or "", cron("*/15 * * * *")))
         schedule = ScheduleRun(path, clock)
         task = schedule.start()
         await sleep_until(clock, START.replace(hour=9, minute=5))
@@ -262,8 +252,8 @@ async def test_an_invalid_file_skips_its_firing_and_the_next_one_runs(tmp_path: 
         await sleep_until(clock, START.replace(hour=9, minute=20))
         err = schedule.err.getvalue()
         assert f"firing 2020-01-01T09:15:00Z skipped: {path} cannot be run; nothing sent" in err
-        assert f"{path}:13: defaults.followVal:" in err
-        write_jobs(path, sim.base_url or "", cron("*/15 * * * *"), range(3))
+        assert f"{path}:12: job alice:{BASE_LEADER} (jobs[0]): followVal:" in err
+        write_jobs({"alice": 3}, extra=setup(sim.base_url or "", cron("*/15 * * * *")))
         await sleep_until(clock, START.replace(hour=9, minute=35))
         assert await terminate(task) == 130
     assert followed(sim) == [0, 1, 2]
@@ -271,11 +261,12 @@ async def test_an_invalid_file_skips_its_firing_and_the_next_one_runs(tmp_path: 
 
 
 @pytest.mark.looptime
-async def test_an_overlapping_firing_is_skipped_and_logged_not_stacked(tmp_path: Path) -> None:
+async def test_an_overlapping_firing_is_skipped_and_logged_not_stacked(
+    write_jobs: WriteJobs,
+) -> None:
     clock = loop_clock(START)
     async with Simulator(ACCOUNTS, SimConfig(latency=150)) as sim:
-        path = tmp_path / "jobs.yaml"
-        write_jobs(path, sim.base_url or "", cron("*/2 * * * *"), range(2))
+        path = write_jobs({"alice": 2}, extra=setup(sim.base_url or "", cron("*/2 * * * *")))
         schedule = ScheduleRun(path, clock)
         task = schedule.start()
         await sleep_until(clock, START.replace(hour=9, minute=5))
@@ -295,30 +286,28 @@ async def test_an_overlapping_firing_is_skipped_and_logged_not_stacked(tmp_path:
 
 @pytest.mark.looptime
 async def test_sigterm_during_a_firing_stops_cleanly_with_results_recorded(
-    tmp_path: Path,
+    write_jobs: WriteJobs,
 ) -> None:
     clock = loop_clock(START)
     async with Simulator(ACCOUNTS, SimConfig(latency=3)) as sim:
-        path = tmp_path / "jobs.yaml"
-        write_jobs(path, sim.base_url or "", cron("*/15 * * * *"), range(25))
+        path = write_jobs({"alice": 25}, extra=setup(sim.base_url or "", cron("*/15 * * * *")))
         schedule = ScheduleRun(path, clock)
         task = schedule.start()
         await sim.wait_for_arrivals(10)  # a full second's worth, answers 3 s away
         assert await terminate(task) == 130
     assert len(sim.arrivals) == 10
     lines = schedule.lines()
-    assert sorted(line["leaderOrderId"] - LEADER for line in lines) == followed(sim)
+    assert sorted(line["leaderOrderId"] - BASE_LEADER for line in lines) == followed(sim)
     assert {line["status"] for line in lines} == {"ok"}
     assert "25 jobs: 10 ok, 0 failed; 15 not started" in schedule.out.getvalue()
     assert "stopped during the firing at 2020-01-01T09:00:00Z" in schedule.err.getvalue()
 
 
 @pytest.mark.looptime
-async def test_once_waits_for_the_next_firing_runs_it_and_exits(tmp_path: Path) -> None:
+async def test_once_waits_for_the_next_firing_runs_it_and_exits(write_jobs: WriteJobs) -> None:
     clock = loop_clock(START)
     async with Simulator(ACCOUNTS) as sim:
-        path = tmp_path / "jobs.yaml"
-        write_jobs(path, sim.base_url or "", cron("*/15 * * * *"), range(2))
+        path = write_jobs({"alice": 2}, extra=setup(sim.base_url or "", cron("*/15 * * * *")))
         schedule = ScheduleRun(path, clock)
         assert await schedule.start(once=True) == 0
     assert clock() - START == pytest.approx(timedelta(seconds=30), abs=timedelta(seconds=1))
@@ -326,14 +315,13 @@ async def test_once_waits_for_the_next_firing_runs_it_and_exits(tmp_path: Path) 
 
 
 @pytest.mark.looptime
-async def test_once_started_by_system_cron_runs_the_firing_due_now(tmp_path: Path) -> None:
+async def test_once_started_by_system_cron_runs_the_firing_due_now(write_jobs: WriteJobs) -> None:
     """System cron starts it a moment after the minute: that firing runs now, exit 1 as
     for run when a job fails."""
     clock = loop_clock(START.replace(hour=9, minute=15, second=0, microsecond=400_000))
     async with Simulator(ACCOUNTS) as sim:
-        sim.script(LEADER + 1, ["COPY_TRADE_SPOT_006"])
-        path = tmp_path / "jobs.yaml"
-        write_jobs(path, sim.base_url or "", cron("*/15 * * * *"), range(2))
+        sim.script(BASE_LEADER + 1, ["COPY_TRADE_SPOT_006"])
+        path = write_jobs({"alice": 2}, extra=setup(sim.base_url or "", cron("*/15 * * * *")))
         schedule = ScheduleRun(path, clock)
         assert await schedule.start(once=True) == 1
     assert clock().minute == 15
@@ -344,13 +332,10 @@ async def test_once_started_by_system_cron_runs_the_firing_due_now(tmp_path: Pat
 # The command line
 
 
-@pytest.fixture
-def cli() -> CliRunner:
-    return CliRunner(env={"ALICE_SECRET": SECRET})
-
-
-def test_run_refuses_a_cron_file_and_points_to_schedule(cli: CliRunner, tmp_path: Path) -> None:
-    path = write_jobs(tmp_path / "jobs.yaml", "http://127.0.0.1:9", cron("0 9 * * *"), range(1))
+def test_run_refuses_a_cron_file_and_points_to_schedule(
+    cli: CliRunner, write_jobs: WriteJobs
+) -> None:
+    path = write_jobs({"alice": 1}, extra=setup("http://127.0.0.1:9", cron("0 9 * * *")))
     result = cli.invoke(main, ["run", str(path), "--simulate"])
     assert result.exit_code == 2
     assert "`follow-engine schedule`" in result.stderr and "--now" in result.stderr
@@ -360,8 +345,8 @@ def test_run_refuses_a_cron_file_and_points_to_schedule(cli: CliRunner, tmp_path
     assert "1 jobs: 1 ok, 0 failed" in now.stdout
 
 
-def test_run_with_a_past_at_starts_now(cli: CliRunner, tmp_path: Path) -> None:
-    path = write_jobs(tmp_path / "jobs.yaml", "http://127.0.0.1:9", at(START), range(1))
+def test_run_with_a_past_at_starts_now(cli: CliRunner, write_jobs: WriteJobs) -> None:
+    path = write_jobs({"alice": 1}, extra=setup("http://127.0.0.1:9", at(START)))
     result = cli.invoke(main, ["run", str(path), "--simulate", "--sim-latency", "0"])
     assert result.exit_code == 0, result.output
     assert "schedule.at 2020-01-01T08:59:30Z has passed: starting now" in result.stderr
@@ -371,17 +356,19 @@ def test_run_with_a_past_at_starts_now(cli: CliRunner, tmp_path: Path) -> None:
     ("schedule", "hint"), [("", "add schedule:"), (at(START), "use `follow-engine run`")]
 )
 def test_schedule_needs_a_cron_file(
-    cli: CliRunner, tmp_path: Path, schedule: str, hint: str
+    cli: CliRunner, write_jobs: WriteJobs, schedule: str, hint: str
 ) -> None:
-    path = write_jobs(tmp_path / "jobs.yaml", "http://127.0.0.1:9", schedule, range(1))
+    path = write_jobs({"alice": 1}, extra=setup("http://127.0.0.1:9", schedule))
     result = cli.invoke(main, ["schedule", str(path), "--simulate"])
     assert result.exit_code == 2
     assert "no schedule.cron" in result.stderr and hint in result.stderr
 
 
-def test_bad_input_fails_at_once_even_with_a_start_time(cli: CliRunner, tmp_path: Path) -> None:
+def test_bad_input_fails_at_once_even_with_a_start_time(
+    cli: CliRunner, write_jobs: WriteJobs
+) -> None:
     future = datetime.now(timezone.utc) + timedelta(hours=1)
-    path = write_jobs(tmp_path / "jobs.yaml", "http://127.0.0.1:9", at(future), range(1))
+    path = write_jobs({"alice": 1}, extra=setup("http://127.0.0.1:9", at(future)))
     path.write_text(path.read_text().replace("followVal: 0.5", "followVal: zero"))
     assert cli.invoke(main, ["run", str(path)]).exit_code == 2
     path.write_text(path.read_text().replace("followVal: zero", "followVal: 1"))
@@ -389,9 +376,9 @@ def test_bad_input_fails_at_once_even_with_a_start_time(cli: CliRunner, tmp_path
     assert plain.exit_code == 2 and "--insecure" in plain.stderr
 
 
-def test_now_ignores_a_future_at(cli: CliRunner, tmp_path: Path) -> None:
+def test_now_ignores_a_future_at(cli: CliRunner, write_jobs: WriteJobs) -> None:
     future = datetime.now(timezone.utc) + timedelta(hours=1)
-    path = write_jobs(tmp_path / "jobs.yaml", "http://127.0.0.1:9", at(future), range(1))
+    path = write_jobs({"alice": 1}, extra=setup("http://127.0.0.1:9", at(future)))
     result = cli.invoke(main, ["run", str(path), "--simulate", "--now", "--sim-latency", "0"])
     assert result.exit_code == 0, result.output
     assert "starting at" not in result.stderr
@@ -399,10 +386,10 @@ def test_now_ignores_a_future_at(cli: CliRunner, tmp_path: Path) -> None:
 
 
 def test_a_results_file_in_use_fails_at_once_not_at_the_start(
-    cli: CliRunner, tmp_path: Path
+    cli: CliRunner, write_jobs: WriteJobs
 ) -> None:
     future = datetime.now(timezone.utc) + timedelta(hours=1)
-    path = write_jobs(tmp_path / "jobs.yaml", "http://127.0.0.1:9", at(future), range(1))
+    path = write_jobs({"alice": 1}, extra=setup("http://127.0.0.1:9", at(future)))
     other = ResultLog(path.with_suffix(".results.jsonl"))
     other.open()
     try:
@@ -414,7 +401,7 @@ def test_a_results_file_in_use_fails_at_once_not_at_the_start(
 
 
 async def start_cli(*args: str) -> asyncio.subprocess.Process:
-    return await start_piped(*args, env={"ALICE_SECRET": SECRET, "PATH": "/usr/bin:/bin"})
+    return await start_piped(*args, env=engine_env(["alice"]))
 
 
 async def read_until(process: asyncio.subprocess.Process, text: str) -> str:
@@ -436,11 +423,11 @@ async def read_until(process: asyncio.subprocess.Process, text: str) -> str:
     ],
 )
 async def test_a_signal_while_waiting_exits_130_with_nothing_sent(
-    tmp_path: Path, command: str, schedule: str, ready: str, sig: signal.Signals
+    write_jobs: WriteJobs, command: str, schedule: str, ready: str, sig: signal.Signals
 ) -> None:
     future = datetime.now(timezone.utc) + timedelta(hours=2)
     when = at(future) if schedule == "at" else cron(f"{future.minute} {future.hour} * * *")
-    path = write_jobs(tmp_path / "jobs.yaml", "http://127.0.0.1:9", when, range(2))
+    path = write_jobs({"alice": 2}, extra=setup("http://127.0.0.1:9", when))
     process = await start_cli(command, str(path), "--simulate")
     await read_until(process, ready)
     process.send_signal(sig)
@@ -450,9 +437,9 @@ async def test_a_signal_while_waiting_exits_130_with_nothing_sent(
     assert path.with_suffix(".results.jsonl").read_text() == ""
 
 
-async def test_schedule_once_under_system_cron_runs_now(tmp_path: Path) -> None:
+async def test_schedule_once_under_system_cron_runs_now(write_jobs: WriteJobs) -> None:
     """Every minute: started at any moment, a firing is due within the last minute."""
-    path = write_jobs(tmp_path / "jobs.yaml", "http://127.0.0.1:9", cron("* * * * *"), range(3))
+    path = write_jobs({"alice": 3}, extra=setup("http://127.0.0.1:9", cron("* * * * *")))
     process = await start_cli("schedule", str(path), "--once", "--simulate", "--sim-latency", "0")
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, err

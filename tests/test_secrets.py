@@ -21,17 +21,16 @@ from engine.profiles import V4
 from engine.signing import sign, signature_payload
 from engine.simulator import SimConfig, Simulator
 from engine.urls import InsecureTransportError, check_transport
-from tests.procs import (
+from tests.support import (
     BASE_LEADER,
+    Engines,
     Finished,
-    accounts_table,
+    WriteJobs,
+    accounts_of,
     engine_env,
-    finish,
     job_file,
     key_of,
-    run_engine,
     secret_of,
-    spawn,
 )
 
 SIGNATURE_HEADER = "xt-validate-signature"
@@ -87,20 +86,20 @@ def bad_file() -> str:
     )
 
 
-async def test_no_command_prints_a_secret_or_a_signature(tmp_path: Path) -> None:
+async def test_no_command_prints_a_secret_or_a_signature(tmp_path: Path, engines: Engines) -> None:
     good, bad, literal = tmp_path / "good.yaml", tmp_path / "bad.yaml", tmp_path / "literal.yaml"
     good.write_text(job_file(ACCOUNTS))
     bad.write_text(bad_file())
     literal.write_text(job_file(ACCOUNTS).replace("${XT_ALICE_SECRET_KEY}", secret_of("alice")))
     env = engine_env(ACCOUNTS)
     # bob's key is refused (AUTH_103); alice's jobs meet a fault each, one of them for good.
-    table = accounts_table(ACCOUNTS) | {key_of("bob"): "not-what-bob-signs-with"}
+    table = accounts_of(ACCOUNTS) | {key_of("bob"): "not-what-bob-signs-with"}
     sim = Simulator(table, SimConfig(latency=0.01))
     signatures = spy_on_signatures(sim)
     runs: dict[str, Finished] = {}
 
     async def run(name: str, *args: str) -> None:
-        runs[name] = await run_engine(*args, env=env, workdir=tmp_path, name=name)
+        runs[name] = await engines.run(*args, env=env, name=name)
 
     def cli(name: str, *args: str) -> None:
         """In process, for the commands that send nothing: fast, and a request would fail
@@ -132,8 +131,8 @@ async def test_no_command_prints_a_secret_or_a_signature(tmp_path: Path) -> None
             run("faults", "run", str(good), "--base-url", url, "--results", str(tmp_path / "f")),
             run("run-bad", "run", str(bad), "--base-url", url, "--results", str(tmp_path / "b")),
         )
-        runs["interrupted"] = await _interrupted(tmp_path, good, env)
-    runs["served"] = await _against_the_simulate_command(tmp_path, good, env)
+        runs["interrupted"] = await _interrupted(engines, good, env)
+    runs["served"] = await _against_the_simulate_command(engines, good, env)
 
     expected = {
         "validate": 0,
@@ -172,50 +171,46 @@ async def test_no_command_prints_a_secret_or_a_signature(tmp_path: Path) -> None
         assert "Traceback" not in text, where
 
 
-async def _interrupted(tmp_path: Path, jobs: Path, env: dict[str, str]) -> Finished:
+async def _interrupted(engines: Engines, jobs: Path, env: dict[str, str]) -> Finished:
     """SIGTERM mid-run: the stop notice and the record of requests cut off."""
-    async with Simulator(accounts_table(ACCOUNTS), SimConfig(latency=0.5)) as slow:
-        out, err = tmp_path / "interrupted.out", tmp_path / "interrupted.err"
+    async with Simulator(accounts_of(ACCOUNTS), SimConfig(latency=0.5)) as slow:
         url = slow.base_url or ""
-        results = str(tmp_path / "i")
-        process = await spawn(
-            "run", str(jobs), "--base-url", url, "--results", results, env=env, out=out, err=err
+        results = str(engines.workdir / "i")
+        running = await engines.start(
+            "run", str(jobs), "--base-url", url, "--results", results, env=env, name="interrupted"
         )
         await slow.wait_for_arrivals(1)
-        process.send_signal(signal.SIGTERM)
-        return await finish(process, out, err)
+        running.process.send_signal(signal.SIGTERM)
+        return await running.finish()
 
 
 async def _against_the_simulate_command(
-    tmp_path: Path, jobs: Path, env: dict[str, str]
+    engines: Engines, jobs: Path, env: dict[str, str]
 ) -> Finished:
     """``follow-engine simulate --jobs`` checks signatures with the secrets it read and
     injects faults at random; an engine runs against it. Both outputs, together."""
-    out, err = tmp_path / "simulate.out", tmp_path / "simulate.err"
-    server = await spawn(
+    server = await engines.start(
         *("simulate", "--port", "0", "--jobs", str(jobs), "--fault-rate", "0.2", "--seed", "5"),
         env=env,
-        out=out,
-        err=err,
+        name="simulate",
     )
     try:
-        url = await _listening_url(err)
-        engine = await run_engine(
+        url = await _listening_url(server.err)
+        served = await engines.run(
             "run",
             str(jobs),
             "--base-url",
             url,
             "--results",
-            str(tmp_path / "served"),
+            str(engines.workdir / "served"),
             env=env,
-            workdir=tmp_path,
             name="served-engine",
         )
     finally:
-        server.send_signal(signal.SIGINT)
-        simulator = await finish(server, out, err, timeout=10)
+        server.process.send_signal(signal.SIGINT)
+        simulator = await server.finish(timeout=10)
     assert simulator.code == 0, simulator.err
-    return Finished(engine.code, engine.out + simulator.out, engine.err + simulator.err)
+    return Finished(served.code, served.out + simulator.out, served.err + simulator.err)
 
 
 async def _listening_url(err: Path, timeout: float = 20) -> str:
@@ -303,19 +298,13 @@ def test_a_url_that_is_not_http_is_refused(url: str) -> None:
     ],
 )
 def test_the_cli_refuses_plain_http_before_connecting(
-    tmp_path: Path, args: list[str], file_url: str | None
+    cli: CliRunner, write_jobs: WriteJobs, args: list[str], file_url: str | None
 ) -> None:
     """192.0.2.1 is TEST-NET-1: nothing answers there. A refusal comes back at once, before
     the results file is even opened; a connection attempt would hang and create it."""
-    jobs = tmp_path / "jobs.yaml"
-    text = job_file(ACCOUNTS)
-    jobs.write_text(
-        text.replace("version: 1\n", f"version: 1\nbase_url: {file_url}\n") if file_url else text
-    )
-    results = tmp_path / "r.jsonl"
-    result = CliRunner(env=engine_env(ACCOUNTS)).invoke(
-        main, ["run", str(jobs), "--results", str(results), *args]
-    )
+    jobs = write_jobs(ACCOUNTS, extra=f"base_url: {file_url}\n" if file_url else "")
+    results = jobs.parent / "r.jsonl"
+    result = cli.invoke(main, ["run", str(jobs), "--results", str(results), *args])
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert re.search("refusing to send API keys|not an http|must be an http", result.stderr)

@@ -31,6 +31,7 @@ from engine.simulator import (
     Simulator,
     serve,
 )
+from tests.support import StartSimulator
 
 KEY, SECRET = "key-a", "secret-a"
 OTHER_KEY, OTHER_SECRET = "key-b", "secret-b"
@@ -100,10 +101,8 @@ async def post(
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    config = SimConfig(rate_limit=1000)
-    async with Simulator({KEY: SECRET, OTHER_KEY: OTHER_SECRET}, config) as simulator:
-        yield simulator
+async def sim(simulator: StartSimulator) -> Simulator:
+    return await simulator({KEY: SECRET, OTHER_KEY: OTHER_SECRET}, SimConfig(rate_limit=1000))
 
 
 @pytest.fixture
@@ -122,7 +121,10 @@ async def test_valid_follow_is_accepted_and_recorded(
     [arrival] = sim.arrivals
     assert (arrival.api_key, arrival.path, arrival.leader_id) == (KEY, V4.path, LEADER)
     assert (arrival.status, arrival.mc, arrival.fault) == (200, "SUCCESS", None)
-    assert sim.accounts is not None
+    # The signature was checked: the same request signed with another secret is refused.
+    forged = await post(session, sim.base_url, encode(PARAMS), secret="not-" + SECRET)
+    assert forged.json()["mc"] == "AUTH_103"
+    assert sim.accepted == {(KEY, LEADER): 1}
 
 
 async def test_a_second_follow_is_counted_as_a_duplicate(
@@ -215,17 +217,19 @@ async def test_timestamp_must_be_within_the_window(
 
 
 @pytest.mark.parametrize("skew_ms", [60_000, -60_000])
-async def test_skewed_server_clock(session: aiohttp.ClientSession, skew_ms: int) -> None:
-    async with Simulator({KEY: SECRET}, SimConfig(skew_ms=skew_ms)) as sim:
-        async with session.get(sim.base_url + TIME_PATH) as response:
-            answer = await response.json()
-        assert (answer["rc"], answer["mc"], answer["ma"]) == (0, "SUCCESS", [])
-        server = answer["result"]["serverTime"]
-        assert abs(server - now_ms() - skew_ms) < 1000
-        local = await post(session, sim.base_url, encode(PARAMS))
-        assert local.json()["mc"] == "AUTH_105"
-        synced = await post(session, sim.base_url, encode(PARAMS), timestamp=now_ms() + skew_ms)
-        assert synced.json() == SUCCESS
+async def test_skewed_server_clock(
+    simulator: StartSimulator, session: aiohttp.ClientSession, skew_ms: int
+) -> None:
+    sim = await simulator({KEY: SECRET}, SimConfig(skew_ms=skew_ms))
+    async with session.get(sim.base_url + TIME_PATH) as response:
+        answer = await response.json()
+    assert (answer["rc"], answer["mc"], answer["ma"]) == (0, "SUCCESS", [])
+    server = answer["result"]["serverTime"]
+    assert abs(server - now_ms() - skew_ms) < 1000
+    local = await post(session, sim.base_url, encode(PARAMS))
+    assert local.json()["mc"] == "AUTH_105"
+    synced = await post(session, sim.base_url, encode(PARAMS), timestamp=now_ms() + skew_ms)
+    assert synced.json() == SUCCESS
 
 
 @pytest.mark.parametrize(
@@ -300,16 +304,14 @@ async def test_v1_path_takes_leader_account_id(
 
 @pytest.mark.parametrize("per_ip", [False, True])
 async def test_rate_limit_answers_429_beyond_the_window(
-    session: aiohttp.ClientSession, per_ip: bool
+    simulator: StartSimulator, session: aiohttp.ClientSession, per_ip: bool
 ) -> None:
     config = SimConfig(rate_limit=3, window=60, per_ip=per_ip)
-    async with Simulator({KEY: SECRET, OTHER_KEY: OTHER_SECRET}, config) as sim:
-        replies = [await post(session, sim.base_url, encode(PARAMS)) for _ in range(4)]
-        assert [r.status for r in replies] == [200, 200, 200, 429]
-        assert 1 <= int(replies[-1].headers["Retry-After"]) <= 60
-        other = await post(
-            session, sim.base_url, encode(PARAMS), key=OTHER_KEY, secret=OTHER_SECRET
-        )
+    sim = await simulator({KEY: SECRET, OTHER_KEY: OTHER_SECRET}, config)
+    replies = [await post(session, sim.base_url, encode(PARAMS)) for _ in range(4)]
+    assert [r.status for r in replies] == [200, 200, 200, 429]
+    assert 1 <= int(replies[-1].headers["Retry-After"]) <= 60
+    other = await post(session, sim.base_url, encode(PARAMS), key=OTHER_KEY, secret=OTHER_SECRET)
     assert other.status == (429 if per_ip else 200)
     assert sim.violations == (2 if per_ip else 1)
     assert [a.status for a in sim.arrivals][:4] == [200, 200, 200, 429]
@@ -415,13 +417,15 @@ async def test_slow_fault_outlasts_the_client_timeout(
     assert sim.accepted[(KEY, LEADER)] == 1
 
 
-async def test_random_faults_repeat_for_a_seed(session: aiohttp.ClientSession) -> None:
+async def test_random_faults_repeat_for_a_seed(
+    simulator: StartSimulator, session: aiohttp.ClientSession
+) -> None:
     async def faults(seed: int) -> list[str | None]:
         config = SimConfig(
             rate_limit=1000, fault_rate=0.5, fault_kinds=(HTTP503, "COMMON_002"), seed=seed
         )
-        async with Simulator({KEY: SECRET}, config) as sim:
-            replies = [await post(session, sim.base_url, encode(PARAMS)) for _ in range(20)]
+        sim = await simulator({KEY: SECRET}, config)
+        replies = [await post(session, sim.base_url, encode(PARAMS)) for _ in range(20)]
         expected = [{HTTP503: 503}.get(a.fault or "", 200) for a in sim.arrivals]
         assert [r.status for r in replies] == expected
         return [a.fault for a in sim.arrivals]
@@ -433,14 +437,14 @@ async def test_random_faults_repeat_for_a_seed(session: aiohttp.ClientSession) -
 
 
 async def test_without_accounts_any_key_and_signature_pass(
-    session: aiohttp.ClientSession,
+    simulator: StartSimulator, session: aiohttp.ClientSession
 ) -> None:
-    async with Simulator() as sim:
-        assert sim.accounts is None
-        garbage = {"xt-validate-signature": "not-a-signature"}
-        reply = await post(session, sim.base_url, encode(PARAMS), key="any", headers=garbage)
-        assert reply.json() == SUCCESS
-        assert (await post(session, sim.base_url, with_(followVal=0))).json()["ma"] == ["followVal"]
+    sim = await simulator()
+    assert sim.accounts is None
+    garbage = {"xt-validate-signature": "not-a-signature"}
+    reply = await post(session, sim.base_url, encode(PARAMS), key="any", headers=garbage)
+    assert reply.json() == SUCCESS
+    assert (await post(session, sim.base_url, with_(followVal=0))).json()["ma"] == ["followVal"]
     assert sim.accepted == {("any", LEADER): 1}
 
 
@@ -455,11 +459,13 @@ def test_unknown_faults_are_refused() -> None:
         SimConfig(fault_rate=1.5)
 
 
-async def test_latency_delays_answers(session: aiohttp.ClientSession) -> None:
-    async with Simulator({KEY: SECRET}, SimConfig(latency=0.05)) as sim:
-        started = time.monotonic()
-        await post(session, sim.base_url, encode(PARAMS))
-        assert time.monotonic() - started >= 0.05
+async def test_latency_delays_answers(
+    simulator: StartSimulator, session: aiohttp.ClientSession
+) -> None:
+    sim = await simulator({KEY: SECRET}, SimConfig(latency=0.05))
+    started = time.monotonic()
+    await post(session, sim.base_url, encode(PARAMS))
+    assert time.monotonic() - started >= 0.05
 
 
 class _Lines(io.StringIO):

@@ -31,7 +31,7 @@ from engine.profiles import V4
 from engine.results import ResultLog
 from engine.simulator import RESULT_FALSE, Simulator
 from tests import support
-from tests.procs import BASE_LEADER, last_lines
+from tests.support import BASE_LEADER, last_lines
 from tests.test_schedule import loop_clock
 
 BASE = "https://xt.test"
