@@ -16,6 +16,7 @@ import os
 import resource
 import shutil
 import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from io import FileIO
 from pathlib import Path
@@ -65,7 +66,7 @@ _LINE_FIELDS = tuple(
 
 @dataclass(frozen=True, slots=True)
 class PastResults:
-    #: Each job's last line.
+    #: Each job's whole last line.
     last: dict[str, dict[str, Any]]
     warnings: list[str]
 
@@ -73,10 +74,52 @@ class PastResults:
         return {job for job, line in self.last.items() if line.get("status") == "ok"}
 
 
-def parse_results(lines: list[str], name: str) -> PastResults:
-    """Each job's last line. A torn or foreign line (a kill mid-write) is skipped with a warning."""
-    last: dict[str, dict[str, Any]] = {}
-    warnings = []
+#: The ``status`` values resume tells apart; any other reads as "failed": send the job again.
+STATUSES = ("ok", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """What resume keeps of a job's last line: its status and flags, nothing else.
+
+    A status is one word in ``STATUSES``, a flag one field here (read true only when the line
+    says ``true``). There are few distinct states, and each is one shared instance, so a job
+    costs its id and a dict entry whatever its lines hold and however many there are.
+    """
+
+    status: str = "failed"
+    #: Some attempt may have been acted on by the exchange without an answer saying so.
+    ambiguous: bool = False
+
+    @classmethod
+    def of(cls, line: dict[str, Any]) -> JobState:
+        status = line.get("status")
+        flags = {name: line.get(name) is True for name in _FLAGS}
+        state = cls(status if status in STATUSES else "failed", **flags)
+        return _SHARED.setdefault(state, state)
+
+
+_FLAGS = tuple(f.name for f in fields(JobState) if f.name != "status")
+#: A job whose last line is a plain failure is sent again like a job never run: no record.
+_UNREMARKABLE = JobState()
+_SHARED = {_UNREMARKABLE: _UNREMARKABLE}
+
+
+@dataclass(frozen=True, slots=True)
+class PastStates:
+    """What a results file tells resume: the state of every job whose last line is not a
+    plain failure (those are sent again, like jobs never run)."""
+
+    states: dict[str, JobState]
+    warnings: list[str]
+
+    def ok_jobs(self) -> set[str]:
+        return {job for job, state in self.states.items() if state.status == "ok"}
+
+
+def _whole_lines(lines: Iterable[str], name: str, warnings: list[str]) -> Iterator[dict[str, Any]]:
+    """Each line that is a whole result. A torn or foreign line (a kill mid-write) is skipped
+    with a warning."""
     for number, text in enumerate(lines, 1):
         if not text.strip():
             continue
@@ -87,8 +130,28 @@ def parse_results(lines: list[str], name: str) -> PastResults:
         if not isinstance(line, dict) or not isinstance(line.get("job"), str):
             warnings.append(f"{name}:{number}: skipped a line that is not a whole result")
             continue
-        last[line["job"]] = line
+        yield line
+
+
+def parse_results(lines: Iterable[str], name: str) -> PastResults:
+    """Each job's whole last line, to look at a campaign."""
+    warnings: list[str] = []
+    last = {line["job"]: line for line in _whole_lines(lines, name, warnings)}
     return PastResults(last, warnings)
+
+
+def parse_states(lines: Iterable[str], name: str) -> PastStates:
+    """Each job's state, for resume: memory grows with the jobs worth remembering, never
+    with the lines read, so ``lines`` may be a file read as it goes."""
+    warnings: list[str] = []
+    states: dict[str, JobState] = {}
+    for line in _whole_lines(lines, name, warnings):
+        state = JobState.of(line)
+        if state is _UNREMARKABLE:
+            states.pop(line["job"], None)
+        else:
+            states[line["job"]] = state
+    return PastStates(states, warnings)
 
 
 class ResultLog:
@@ -104,9 +167,9 @@ class ResultLog:
         self.path = path
         self._file: FileIO | None = None
 
-    def open(self, *, fresh: bool = False) -> PastResults:
-        """Lock the file and read what earlier runs recorded (nothing when ``fresh``).
-        Raises ``ResultsFileError`` when a run could not record what it sends."""
+    def open(self, *, fresh: bool = False) -> PastStates:
+        """Lock the file and read what earlier runs recorded (nothing when ``fresh``), a line
+        at a time. Raises ``ResultsFileError`` when a run could not record what it sends."""
         try:
             file = FileIO(self.path, "a+")
         except OSError as exc:
@@ -118,12 +181,8 @@ class ResultLog:
             self._file = file
             if fresh:
                 file.truncate(0)
-                return PastResults({}, [])
-            file.seek(0)
-            data = file.readall()
-            if data and not data.endswith(b"\n"):
-                # A torn last line (a kill mid-write) must not glue itself to the next record.
-                self._append(b"\n")
+                return PastStates({}, [])
+            past = self._read(file.fileno())
         except OSError as exc:
             self.close()
             file.close()
@@ -133,7 +192,19 @@ class ResultLog:
             self.close()
             file.close()
             raise
-        return parse_results(data.decode("utf-8", "replace").split("\n"), str(self.path))
+        return past
+
+    def _read(self, fd: int) -> PastStates:
+        # A duplicate of the locked descriptor: the very file locked, read with a buffer.
+        with open(os.dup(fd), "rb") as reader:
+            reader.seek(0)
+            lines = (raw.decode("utf-8", "replace") for raw in reader)
+            past = parse_states(lines, str(self.path))
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            # A torn last line (a kill mid-write) must not glue itself to the next record.
+            self._append(b"\n")
+        return past
 
     def _check(self, file: FileIO) -> None:
         """Lock ``file`` and make sure it can take lines, else ``ResultsFileError``."""
