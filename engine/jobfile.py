@@ -49,6 +49,9 @@ from engine.yamlread import (
 
 __all__ = ["MAX_FILE_BYTES", "JobFileError", "json_schema", "load"]
 
+#: Where a job's entry was, once the job is built.
+_TAKEN = object()
+
 
 def load(path: Path, *, api: str | None = None, env: Mapping[str, str] | None = None) -> Campaign:
     """Read and check a job file. ``api`` overrides ``settings.api``; ``env`` defaults to
@@ -56,18 +59,22 @@ def load(path: Path, *, api: str | None = None, env: Mapping[str, str] | None = 
     if api is not None and api not in PROFILES:
         raise ValueError(f"api must be one of {', '.join(PROFILES)}, not {api!r}")
     path = Path(path)
-    where = str(path)
-    builder = Builder(os.environ if env is None else env, where)
+    builder = Builder(os.environ if env is None else env, str(path))
     with gc_paused():
-        doc = builder.build(read_file(path, where))
-        if doc is None:
-            raise JobFileError([f"{where}:1: the job file is empty"])
-        if not isinstance(doc, LineDict):
-            line = getattr(doc, "line", 1)
-            raise JobFileError(
-                [f"{where}:{line}: the job file must be a mapping of version, accounts and jobs"]
-            )
-        return _campaign(path, doc, builder, api)
+        return _campaign(path, _read(path, builder), builder, api)
+
+
+def _read(path: Path, builder: Builder) -> LineDict:
+    where = builder.where
+    doc = builder.build(read_file(path, where))
+    if doc is None:
+        raise JobFileError([f"{where}:1: the job file is empty"])
+    if not isinstance(doc, LineDict):
+        line = getattr(doc, "line", 1)
+        raise JobFileError(
+            [f"{where}:{line}: the job file must be a mapping of version, accounts and jobs"]
+        )
+    return doc
 
 
 def json_schema() -> dict[str, Any]:
@@ -83,6 +90,11 @@ def _campaign(path: Path, doc: LineDict, builder: Builder, api: str | None) -> C
         campaign = _valid_campaign(path, doc, profile, builder)
         if campaign is not None:
             return campaign
+        jobs = doc.get("jobs")
+        if isinstance(jobs, list) and jobs[:1] == [_TAKEN]:
+            # The jobs built before the problem are gone from the tree: read the file again.
+            builder = Builder(builder.env, builder.where)
+            doc = _read(path, builder)
     # Something is wrong: the whole file in one validation, to name every problem.
     problems = list(builder.problems)
 
@@ -109,17 +121,27 @@ def _campaign(path: Path, doc: LineDict, builder: Builder, api: str | None) -> C
 def _valid_campaign(
     path: Path, doc: LineDict, profile: ApiProfile, builder: Builder
 ) -> Campaign | None:
-    """The campaign, built one job at a time; None at the first sign of a problem."""
+    """The campaign, built one job at a time; None at the first sign of a problem, and then
+    the entries of the jobs built before it are gone from ``doc``."""
     found: list[Loc] = []
     try:
         header = JobFileHeader.model_validate(doc)
         check_jobs(doc, profile, lambda loc, message: found.append(loc))
         if found:
             return None
-        job_models = (JobModel.model_validate(job) for job in header.jobs)
+        job_models = (JobModel.model_validate(job) for job in _let_go(header.jobs))
         return _build(path, doc, header, job_models, profile, builder)
     except ValidationError:
         return None
+
+
+def _let_go(entries: list[Any]) -> Iterator[Any]:
+    """Each entry, taken out of ``entries`` as it is handed over: a job's part of the YAML
+    tree is freed once the job is built, so the peak is the larger of tree and campaign,
+    not their sum."""
+    for i, entry in enumerate(entries):
+        entries[i] = _TAKEN
+        yield entry
 
 
 def _build(
