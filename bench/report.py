@@ -90,7 +90,9 @@ def _wide(r: UtilRow, by: dict[tuple[str, float, str], UtilRow]) -> list[str]:
             f"  - {_mark(value <= FIRST_ARRIVAL_RATIO)}: sender start (first connection) to "
             f"first arrival {r.connect_to_arrival:.3f} s, uniform's "
             f"{uniform.connect_to_arrival:.3f} s: {value:.2f}x (target <= "
-            f"{FIRST_ARRIVAL_RATIO:g}x); from the command's start "
+            f"{FIRST_ARRIVAL_RATIO:g}x); {r.stats.connects_before_first_arrival} connections "
+            f"opened before the first request, uniform's "
+            f"{uniform.stats.connects_before_first_arrival}; from the command's start "
             f"{r.to_first_arrival:.3f} s, uniform's {uniform.to_first_arrival:.3f} s"
         )
     ideal = by.get((r.shape.name, r.latency, IDEAL))
