@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     mode = parser.add_mutually_exclusive_group()
     for name, what in (
-        ("quick", "20 ms only, fewer sizes, one run each: about a minute (the default)"),
-        ("full", "every shape, latency, size and repeat the issue asks for: about 8 minutes"),
+        ("quick", "20 ms only, fewer sizes, one run each: under two minutes (the default)"),
+        ("full", "every shape, latency, size and repeat the issue asks for: 10 to 15 minutes"),
         ("smoke", "a tiny campaign through every section in seconds (the test suite's)"),
     ):
         mode.add_argument(f"--{name}", dest="mode", action="store_const", const=name, help=what)
