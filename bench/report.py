@@ -65,24 +65,23 @@ def _spread(row: UtilRow) -> str:
     return f" (its {len(row.makespans)} runs: {low:.3f} to {high:.3f})"
 
 
-def _steady(r: UtilRow) -> str:
-    value = ratio(r.makespan, r.sliding_best)
-    clean = r.stats.http_429 == 0 and r.stats.violations == 0 and r.failed == 0
+def _headline(r: UtilRow, target: str = "") -> str:
     return (
-        f"- {_mark(value <= STEADY_RATIO and clean)}: {r.shape.name} at {r.latency * 1000:g} ms: "
-        f"{value:.3f} of the sliding best{_spread(r)} (target <= {STEADY_RATIO}), "
-        f"{ratio(r.from_start, r.sliding_best):.3f} from the command's start; "
-        f"{r.stats.http_429} 429s, {r.stats.violations} violations, {r.failed} failed"
+        f"{r.shape.name} at {r.latency * 1000:g} ms: {ratio(r.makespan, r.sliding_best):.3f} of "
+        f"the sliding best{_spread(r)}{target}, {ratio(r.from_start, r.sliding_best):.3f} from "
+        f"the command's start; {r.stats.http_429} 429s, {r.stats.violations} violations, "
+        f"{r.failed} failed"
     )
 
 
+def _steady(r: UtilRow) -> str:
+    clean = r.stats.http_429 == 0 and r.stats.violations == 0 and r.failed == 0
+    met = ratio(r.makespan, r.sliding_best) <= STEADY_RATIO and clean
+    return f"- {_mark(met)}: {_headline(r, f' (target <= {STEADY_RATIO})')}"
+
+
 def _wide(r: UtilRow, by: dict[tuple[str, float, str], UtilRow]) -> list[str]:
-    at = f"{r.shape.name} at {r.latency * 1000:g} ms"
-    lines = [
-        f"- {at}: {ratio(r.makespan, r.sliding_best):.3f} of the sliding best{_spread(r)}, "
-        f"{ratio(r.from_start, r.sliding_best):.3f} from the command's start; "
-        f"{r.stats.http_429} 429s, {r.stats.violations} violations, {r.failed} failed"
-    ]
+    lines = [f"- {_headline(r)}"]
     uniform = by.get(("uniform", r.latency, ENGINE))
     if uniform is not None:
         value = ratio(r.connect_to_arrival, uniform.connect_to_arrival)
