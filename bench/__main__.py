@@ -7,18 +7,19 @@ for; ``--smoke`` runs a tiny campaign through every section in seconds (for the 
 from __future__ import annotations
 
 import argparse
+import compileall
 import dataclasses
 import importlib.util
-import os
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import overhead, scale, startup, utilisation
+from bench import overhead, readpaths, scale, startup, utilisation
 from bench.clients import CCXT, CLIENTS, ENGINE, IDEAL, REPO, Env
-from bench.report import render, write_results
+from bench.report import Results, render, write_results
 from bench.shapes import RATE_LIMIT, SHAPES, TINY, Shape
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
@@ -35,19 +36,24 @@ class Plan:
     repeats: int
     scale_sizes: tuple[int, ...]
     scale_runs: tuple[int, ...]
+    #: Scale sizes whose read paths (resume, dry run) are measured.
+    read_sizes: tuple[int, ...]
+    #: Validate a job file at the 64 MiB limit too (about a minute).
+    dense: bool = False
 
 
 def cases(
     shapes: list[Shape], latencies: list[float], clients: tuple[str, ...]
 ) -> list[tuple[Shape, float, str]]:
-    """Every client on every shape at every latency, and the ideal client beside the engine on
-    the shapes it applies to (every key's jobs within one window)."""
+    """Every client on every shape at every latency, the ideal client next to the engine on the
+    shapes it applies to (every key's jobs within one window)."""
     util = []
     for shape in shapes:
         for latency in latencies:
-            util += [(shape, latency, c) for c in clients]
-            if ENGINE in clients and max(shape.jobs_per_key) <= RATE_LIMIT:
-                util.append((shape, latency, IDEAL))
+            for client in clients:
+                util.append((shape, latency, client))
+                if client == ENGINE and max(shape.jobs_per_key) <= RATE_LIMIT:
+                    util.append((shape, latency, IDEAL))
     return util
 
 
@@ -55,22 +61,22 @@ def plan_for(mode: str, clients: tuple[str, ...]) -> Plan:
     uniform, skewed, wide = SHAPES["uniform"], SHAPES["skewed"], SHAPES["wide"]
     if mode == "smoke":
         util = cases([TINY], [0.005], tuple(c for c in clients if c != CCXT))
-        return Plan(util, (100, 200), 1, (100,), (100,))
+        return Plan(util, (100, 200), 1, (200,), (200,), (200,))
     if mode == "quick":
         util = cases([uniform, wide], [0.02], clients)
         util += cases([skewed], [0.02], (ENGINE,)) if ENGINE in clients else []
-        return Plan(util, (2000, 10000), 1, (10000,), (10000,))
+        return Plan(util, (2000, 10000), 1, (10000,), (10000,), (10000,))
     util = cases([uniform, skewed, wide], [0.02, 0.3], clients)
     sizes = (10_000, 50_000, 100_000)
-    return Plan(util, (5000, 40000), 3, sizes, sizes)
+    return Plan(util, (5000, 40000), 3, sizes, sizes, (100_000,), dense=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     mode = parser.add_mutually_exclusive_group()
     for name, what in (
-        ("quick", "20 ms only, fewer sizes, one run each: about a minute (the default)"),
-        ("full", "every shape, latency, size and repeat the issue asks for: about 8 minutes"),
+        ("quick", "20 ms only, fewer sizes, one run each: under two minutes (the default)"),
+        ("full", "every shape, latency, size and repeat the issue asks for: 10 to 15 minutes"),
         ("smoke", "a tiny campaign through every section in seconds (the test suite's)"),
     ):
         mode.add_argument(f"--{name}", dest="mode", action="store_const", const=name, help=what)
@@ -113,20 +119,26 @@ def main(argv: list[str] | None = None) -> int:
         tuple(shlex.split(args.engine_args)),
     )
     out = args.out.resolve()
-    started, load = time.monotonic(), os.getloadavg()[0]
-
-    util = []
+    # Every client starts from bytecode, as installed code does: compiled once here, where
+    # PYTHONDONTWRITEBYTECODE would have each process compile what changed since.
+    for tree in {REPO / "bench", (env.engine_src or REPO) / "engine"}:
+        compileall.compile_dir(tree, quiet=1)
+    started = time.monotonic()
+    results = Results()
     if "utilisation" in sections:
         print("limit utilisation", flush=True)
         util = utilisation.run_all(plan.util, out, env, plan.repeats)
-    over = None
+        results = dataclasses.replace(results, util=util)
     if "overhead" in sections:
         print("engine overhead", flush=True)
         over = overhead.measure(plan.overhead_sizes, plan.repeats, out, env)
-    rows = []
+        results = dataclasses.replace(results, overhead=over)
     if "scale" in sections:
-        print("scale of input", flush=True)
+        print("scale of input and read paths", flush=True)
         rows = scale.measure(plan.scale_sizes, plan.scale_runs, out, env, plan.repeats)
+        resume = [readpaths.measure_resume(r, out, env) for r in rows if r.jobs in plan.read_sizes]
+        dense = readpaths.measure_dense(out, env) if plan.dense else None
+        results = dataclasses.replace(results, scale=rows, resume=resume, dense=dense)
 
     starts = ""
     if "startup" in sections:
@@ -137,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     minutes = (time.monotonic() - started) / 60
-    text = render(command.strip(), util, over, rows, load, minutes, plan.repeats)
+    text = render(command.strip(), results, _load(results), minutes, plan.repeats)
     text += f"\n\n{starts}\n" if starts else ""
     print(f"\n{text}")
     if args.markdown:
@@ -146,6 +158,19 @@ def main(argv: list[str] | None = None) -> int:
         write_results(RESULTS_MD, text)
         print(f"wrote {RESULTS_MD}")
     return 0
+
+
+def _load(results: Results) -> str:
+    """The machine's load over the measured runs: the other users of a shared machine."""
+    runs = [r.usage for r in results.util]
+    runs += [usage for r in results.scale for usage in (r.validate, r.run) if usage is not None]
+    loads = sorted(usage.load for usage in runs)
+    if not loads:
+        return "not sampled"
+    return (
+        f"{statistics.median(loads):.2f} median as each measured run ended "
+        f"({loads[0]:.2f} to {loads[-1]:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -19,13 +19,18 @@ class Usage:
     returncode: int
     #: Wall seconds of the whole process, interpreter start-up included.
     wall: float
-    #: ``time.monotonic()`` when the process had exited (the simulator's clock too).
+    #: ``time.monotonic()`` (the simulator's clock too) just before the process was started:
+    #: the command's start, taken the same way for every client.
+    started: float
+    #: ``time.monotonic()`` when the process had exited.
     ended: float
     #: User + system CPU seconds of the process.
     cpu: float
     peak_rss_mb: float
     stdout: str
     stderr: str
+    #: The machine's 1-minute load average as the process ended: the machine is shared.
+    load: float = 0.0
 
 
 def run_measured(
@@ -55,9 +60,11 @@ def run_measured(
     return Usage(
         returncode=process.returncode,
         wall=wall,
+        started=start,
         ended=ended,
         cpu=rusage.ru_utime + rusage.ru_stime,
         peak_rss_mb=rusage.ru_maxrss / 1024,
         stdout=out_path.read_text(),
         stderr=err_path.read_text(),
+        load=os.getloadavg()[0],
     )

@@ -18,9 +18,10 @@ import aiohttp
 from aiolimiter import AsyncLimiter
 
 from bench.shapes import FOLLOW_PARAMS
+from engine.profiles import V4
 from engine.signing import signed_headers
 
-PATH = "/v4/account/copy-trade/follow"
+PATH = V4.path
 
 
 async def follow(

@@ -1,4 +1,5 @@
-"""Tables of ratios, printed and written into ``bench/RESULTS.md``.
+"""The report of a bench run: the issue's targets, met or missed, then the tables; printed and
+written into ``bench/RESULTS.md``.
 
 Only the part of RESULTS.md between the two markers is rewritten, so the hand-written notes
 around the tables survive a re-run.
@@ -6,221 +7,177 @@ around the tables survive a re-run.
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import subprocess
-from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from itertools import pairwise
 from pathlib import Path
 
-from bench.clients import CCXT, ENGINE, IDEAL, NAIVE, REPO
+from bench.clients import ENGINE, IDEAL, NAIVE, REPO
 from bench.overhead import Overhead
+from bench.readpaths import DenseRow, ResumeRow
 from bench.scale import ScaleRow
+from bench.shapes import RATE_LIMIT
+from bench.tables import (
+    REFUSED_NOTE,
+    baseline_table,
+    marginal_us_per_job,
+    overhead_table,
+    ratio,
+    read_tables,
+    scale_table,
+    utilisation_table,
+)
 from bench.utilisation import UtilRow
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-#: The issue's targets.
-UTIL_RATIO, MIN_RATE, MAX_VALIDATE_S, MAX_RUN_MB = 1.05, 2000, 10.0, 300
+#: The issue's targets: steady shapes against the sliding best; one-window shapes against
+#: uniform (the wait for the first arrival), the ideal client (CPU per request), the naive
+#: script (makespan from the command's start), and the wait to exit.
+STEADY_RATIO, FIRST_ARRIVAL_RATIO, CPU_RATIO, EXIT_S = 1.06, 2.0, 2.0, 0.2
+MIN_RATE, MAX_VALIDATE_S, MAX_RUN_MB, MAX_BYTES_PER_JOB = 2000, 10.0, 300, 1024
 
 
-def table(head: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+@dataclass(frozen=True, slots=True)
+class Results:
+    """Everything one bench run measured."""
+
+    util: list[UtilRow] = field(default_factory=list)
+    overhead: Overhead | None = None
+    scale: list[ScaleRow] = field(default_factory=list)
+    resume: list[ResumeRow] = field(default_factory=list)
+    dense: DenseRow | None = None
 
 
-def _ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
+def _mark(met: bool) -> str:
+    return "met" if met else "**MISSED**"
 
 
-def _f(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+def _one_window(row: UtilRow) -> bool:
+    return max(row.shape.jobs_per_key) <= RATE_LIMIT
 
 
-def utilisation_table(rows: list[UtilRow]) -> str:
-    head = ["shape", "latency", "client", "makespan s", "minimum s", "ratio", "sliding best s",
-            "vs sliding best", "429s", "violations", "max/key/1s", "failed jobs", "duplicates",
-            "to client exit s", "client wall s", "client CPU s"]  # fmt: skip
-    return table(
-        head,
-        (
-            [
-                f"{r.shape.name} ({r.shape.describe()})",
-                f"{r.latency * 1000:g} ms",
-                r.client,
-                _f(r.makespan, 3),
-                _f(r.minimum),
-                f"**{_f(_ratio(r.makespan, r.minimum), 3)}**",
-                _f(r.sliding_best),
-                _f(_ratio(r.makespan, r.sliding_best), 3),
-                r.stats.http_429,
-                r.stats.violations,
-                r.stats.max_in_window,
-                r.failed,
-                r.stats.duplicates,
-                _f(r.to_exit),
-                _f(r.usage.wall),
-                _f(r.usage.cpu),
-            ]
-            for r in rows
-        ),
+def _spread(row: UtilRow) -> str:
+    if len(row.makespans) < 2:
+        return ""
+    low, high = (ratio(m, row.sliding_best) for m in (min(row.makespans), max(row.makespans)))
+    return f" (its {len(row.makespans)} runs: {low:.3f} to {high:.3f})"
+
+
+def _headline(r: UtilRow, target: str = "") -> str:
+    return (
+        f"{r.shape.name} at {r.latency * 1000:g} ms: {ratio(r.makespan, r.sliding_best):.3f} of "
+        f"the sliding best{_spread(r)}{target}, {ratio(r.from_start, r.sliding_best):.3f} from "
+        f"the command's start; {r.stats.http_429} 429s, {r.stats.violations} violations, "
+        f"{r.failed} failed"
     )
 
 
-def baseline_table(rows: list[UtilRow]) -> str:
-    by = {(r.shape.name, r.latency, r.client): r for r in rows}
-    out = []
-    for (shape, latency, client), engine in by.items():
-        if client != ENGINE:
-            continue
-        cells: list[object] = [shape, f"{latency * 1000:g} ms"]
-        for other in (NAIVE, CCXT):
-            base = by.get((shape, latency, other))
-            if base is None:
-                cells += ["-", "-", "-"]
-                continue
-            cells.append(_f(_ratio(engine.makespan, base.makespan), 3))
-            cells.append(_f(_ratio(engine.usage.wall, base.usage.wall), 3))
-            tally = ", ".join(f"{k} {v}" for k, v in sorted((base.tally or {}).items()))
-            refused = {k: v for k, v in base.stats.codes.items() if k not in ("SUCCESS", "-")}
-            said = ", ".join(f"{k} {v}" for k, v in sorted(refused.items()))
-            cells.append(
-                f"429s {base.stats.http_429}, failed {base.failed}; it counted: {tally}"
-                + (f"; the exchange answered: {said}" if said else "")
-            )
-        out.append(cells)
-    head = ["shape", "latency", "engine/naive makespan", "engine/naive client wall",
-            "naive outcome", "engine/ccxt makespan", "engine/ccxt client wall",
-            "ccxt outcome"]  # fmt: skip
-    return table(head, out)
+def _steady(r: UtilRow) -> str:
+    clean = r.stats.http_429 == 0 and r.stats.violations == 0 and r.failed == 0
+    met = ratio(r.makespan, r.sliding_best) <= STEADY_RATIO and clean
+    return f"- {_mark(met)}: {_headline(r, f' (target <= {STEADY_RATIO})')}"
 
 
-def overhead_table(o: Overhead) -> str:
-    rows = [
-        [
-            run.requests,
-            f"**{run.rate:.0f}**",
-            _f(run.stats.makespan),
-            _f(run.run.cpu),
-            _f(run.run.cpu / run.requests * 1000, 3),
-            _f(run.stats.cpu),
-            f"{run.run.peak_rss_mb:.0f}",
-        ]
-        for run in (o.small, o.large)
-    ]
-    head = ["requests", "req/s", "makespan s", "engine CPU s", "engine CPU s / 1000 req",
-            "simulator CPU s", "engine peak RSS MB"]  # fmt: skip
-    lines = [
-        table(head, rows),
-        "",
-        f"- CPU per 1,000 more jobs (the difference of the two sizes, start-up removed): "
-        f"**{o.marginal_per_1000:.3f} s**, of which loading the job file "
-        f"{o.load_per_1000:.3f} s (`validate`, same files) and sending "
-        f"**{o.send_per_1000:.3f} s**: one core sends at most "
-        f"**{1000 / o.send_per_1000:.0f} req/s**."
-        if o.send_per_1000 > 0
-        else "",
-        f"- Median of {o.repeats} run(s) per size, by req/s.",
-    ]
-    return "\n".join(lines)
-
-
-def scale_table(rows: list[ScaleRow]) -> str:
-    def run_cells(r: ScaleRow) -> list[object]:
-        if r.run is None or r.stats is None:
-            return ["-"] * 5
-        ok = r.stats.accepted - r.stats.duplicates
-        return [f"{ok}/{r.jobs}", _f(r.run.wall), f"**{r.run.peak_rss_mb:.0f}**",
-                _f(r.results_mb, 1), r.run.returncode]  # fmt: skip
-
-    steps = _marginal_us_per_job(rows)
-    head = ["jobs", "file MB", "validate s", "validate us/job", "us per added job",
-            "validate peak RSS MB", "run: accepted", "run wall s", "run peak RSS MB",
-            "results MB", "run exit"]  # fmt: skip
-    return table(
-        head,
-        (
-            [
-                r.jobs,
-                _f(r.file_mb, 1),
-                f"**{_f(r.validate.wall)}**",
-                f"{r.validate_us_per_job:.0f}",
-                "-" if step is None else f"{step:.0f}",
-                f"{r.validate.peak_rss_mb:.0f}",
-                *run_cells(r),
-            ]
-            for r, step in zip(rows, steps, strict=True)
-        ),
-    )
-
-
-def _marginal_us_per_job(rows: list[ScaleRow]) -> list[float | None]:
-    """Validation time per job added since the previous size: start-up cancels out, so a
-    loader that is linear shows the same figure at every step."""
-    steps: list[float | None] = [None]
-    for before, after in pairwise(rows):
-        steps.append(
-            (after.validate.wall - before.validate.wall) / (after.jobs - before.jobs) * 1e6
+def _wide(r: UtilRow, by: dict[tuple[str, float, str], UtilRow]) -> list[str]:
+    lines = [f"- {_headline(r)}"]
+    uniform = by.get(("uniform", r.latency, ENGINE))
+    if uniform is not None:
+        value = ratio(r.connect_to_arrival, uniform.connect_to_arrival)
+        lines.append(
+            f"  - {_mark(value <= FIRST_ARRIVAL_RATIO)}: sender start (first connection) to "
+            f"first arrival {r.connect_to_arrival:.3f} s, uniform's "
+            f"{uniform.connect_to_arrival:.3f} s: {value:.2f}x (target <= "
+            f"{FIRST_ARRIVAL_RATIO:g}x); {r.stats.connects_before_first_arrival} connections "
+            f"opened before the first request, uniform's "
+            f"{uniform.stats.connects_before_first_arrival}; from the command's start "
+            f"{r.to_first_arrival:.3f} s, uniform's {uniform.to_first_arrival:.3f} s"
         )
-    return steps
+    ideal = by.get((r.shape.name, r.latency, IDEAL))
+    if ideal is not None:
+        value = ratio(r.cpu_per_request_us, ideal.cpu_per_request_us)
+        lines.append(
+            f"  - {_mark(value <= CPU_RATIO)}: engine CPU {r.cpu_per_request_us:.0f} us per "
+            f"request, the ideal client's {ideal.cpu_per_request_us:.0f}: {value:.2f}x "
+            f"(target <= {CPU_RATIO:g}x)"
+        )
+    naive = by.get((r.shape.name, r.latency, NAIVE))
+    if naive is not None:
+        value = ratio(r.from_start, naive.from_start)
+        clean = r.stats.violations == 0
+        lines.append(
+            f"  - {_mark(value <= 1 and clean)}: makespan from the command's start "
+            f"{r.from_start:.3f} s, the naive script's {naive.from_start:.3f} s: {value:.3f} "
+            f"(target <= 1, 0 violations: {r.stats.violations})"
+        )
+    lines.append(
+        f"  - {_mark(r.exit_after_answer <= EXIT_S)}: last answer to exit "
+        f"{r.exit_after_answer:.3f} s (target <= {EXIT_S:g} s)"
+    )
+    return lines
 
 
-def targets(util: list[UtilRow], over: Overhead | None, scale: list[ScaleRow]) -> str:
+def targets(results: Results) -> str:
     """One line per target of the issue: met or missed, with the number."""
+    util = results.util
+    by = {(r.shape.name, r.latency, r.client): r for r in util}
     lines = []
-    ideals = {(r.shape.name, r.latency): r for r in util if r.client == IDEAL}
     for r in (r for r in util if r.client == ENGINE):
-        ratio = _ratio(r.makespan, r.minimum)
-        clean = r.stats.http_429 == 0 and r.stats.violations == 0 and r.failed == 0
-        met = ratio <= UTIL_RATIO and clean
-        spread = ""
-        if len(r.makespans) > 1:
-            low, high = (_ratio(m, r.minimum) for m in (min(r.makespans), max(r.makespans)))
-            spread = f" (its {len(r.makespans)} runs: {low:.3f} to {high:.3f})"
+        lines += _wide(r, by) if _one_window(r) else [_steady(r)]
+    if results.overhead is not None:
+        rate = results.overhead.large.rate
         lines.append(
-            f"- {'met' if met else '**MISSED**'}: {r.shape.name} at {r.latency * 1000:g} ms: "
-            f"{ratio:.3f} of the minimum{spread} (target <= {UTIL_RATIO}), "
-            f"{r.stats.http_429} 429s, {r.stats.violations} violations, {r.failed} failed"
-            + _against_ideal(r, ideals.get((r.shape.name, r.latency)))
+            f"- {_mark(rate >= MIN_RATE)}: {rate:.0f} req/s with the limit lifted "
+            f"(target >= {MIN_RATE})"
         )
-    if over is not None:
-        rate = over.large.rate
+    lines += _input_targets(results)
+    return "\n".join(lines)
+
+
+def _input_targets(results: Results) -> list[str]:
+    lines, scale = [], results.scale
+    largest = max(scale, key=lambda r: r.jobs, default=None)
+    if largest is not None:
         lines.append(
-            f"- {'met' if rate >= MIN_RATE else '**MISSED**'}: {rate:.0f} req/s with the limit "
-            f"lifted (target >= {MIN_RATE})"
+            f"- {_mark(largest.validate.wall < MAX_VALIDATE_S)}: {largest.jobs} jobs validated "
+            f"in {largest.validate.wall:.2f} s (target < {MAX_VALIDATE_S:g} s)"
         )
-    for r in scale:
-        if r.jobs == max(s.jobs for s in scale):
-            ok = r.validate.wall < MAX_VALIDATE_S
+        if largest.run is not None:
             lines.append(
-                f"- {'met' if ok else '**MISSED**'}: {r.jobs} jobs validated in "
-                f"{r.validate.wall:.2f} s (target < {MAX_VALIDATE_S:g} s)"
+                f"- {_mark(largest.run.peak_rss_mb <= MAX_RUN_MB)}: run of {largest.jobs} jobs "
+                f"peaked at {largest.run.peak_rss_mb:.0f} MB (target <= {MAX_RUN_MB} MB)"
             )
-            if r.run is not None:
-                ok = r.run.peak_rss_mb <= MAX_RUN_MB
-                lines.append(
-                    f"- {'met' if ok else '**MISSED**'}: run of {r.jobs} jobs peaked at "
-                    f"{r.run.peak_rss_mb:.0f} MB (target <= {MAX_RUN_MB} MB)"
-                )
-    steps = [s for s in _marginal_us_per_job(scale) if s is not None]
+    steps = [s for s in marginal_us_per_job(scale) if s is not None]
     if len(steps) > 1:
         growth = steps[-1] / steps[0]
         lines.append(
-            f"- {'met' if growth < 1.5 else '**MISSED**'}: loading linear: each added job costs "
+            f"- {_mark(growth < 1.5)}: loading linear: each added job costs "
             f"{', then '.join(f'{s:.0f}' for s in steps)} us (last step / first: {growth:.2f})"
         )
-    return "\n".join(lines)
-
-
-def _against_ideal(engine: UtilRow, ideal: UtilRow | None) -> str:
-    if ideal is None:
-        return ""
-    return (
-        f"; the ideal client (`bench/ideal.py`) {_ratio(ideal.makespan, ideal.minimum):.3f}"
-        f", engine/ideal {_ratio(engine.makespan, ideal.makespan):.3f}"
-    )
+    for r in results.resume:
+        once, twice = r.resume.peak_rss_mb, r.resume_twice.peak_rss_mb
+        below = r.run_peak_mb is None or once < r.run_peak_mb
+        lines.append(
+            f"- {_mark(below and twice <= once * 1.05)}: resume of {r.jobs} ok jobs peaked at "
+            f"{once:.0f} MB from {r.results_mb:.0f} MB of results, {twice:.0f} MB from "
+            f"{r.twice_mb:.0f} MB (target: the same, below the run's own "
+            f"{'-' if r.run_peak_mb is None else f'{r.run_peak_mb:.0f}'} MB)"
+        )
+        lines.append(
+            f"- dry run: {r.per_job_us(r.dry_run):.0f} us of CPU per job, validation "
+            f"{r.per_job_us(r.validate):.0f} (start-up included); each added job "
+            f"{r.dry_run_extra_us:.1f} us more to prepare and print its request (target: "
+            "signing and printing only)"
+        )
+    if results.dense is not None:
+        d = results.dense
+        lines.append(
+            f"- {_mark(d.bytes_per_job <= MAX_BYTES_PER_JOB)}: validating {d.jobs} jobs "
+            f"({d.file_mb:.0f} MiB) peaked at {d.bytes_per_job:.0f} bytes per job "
+            f"(target <= {MAX_BYTES_PER_JOB})"
+        )
+    return lines
 
 
 def machine() -> str:
@@ -257,31 +214,26 @@ def _git(*args: str) -> str:
         return ""
 
 
-def render(
-    command: str,
-    util: list[UtilRow],
-    over: Overhead | None,
-    scale: list[ScaleRow],
-    load_at_start: float,
-    minutes: float,
-    repeats: int = 1,
-) -> str:
-    load = f"{load_at_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
+def render(command: str, results: Results, load: str, minutes: float, repeats: int = 1) -> str:
     parts = [f"Command: `{command}` ({minutes:.1f} min)", "", f"Machine: {machine()}", "",
              f"Load average (1 min): {load}.", "", "### Targets", "",
-             targets(util, over, scale)]  # fmt: skip
-    if util:
-        parts += ["", "### 1. Limit utilisation", "", utilisation_table(util)]
+             targets(results)]  # fmt: skip
+    if results.util:
+        parts += ["", "### 1. Limit utilisation", "", utilisation_table(results.util), ""]
+        parts += [REFUSED_NOTE]
         if repeats > 1:
-            parts += ["", f"Cases whose minimum is 5 s or less: the median of {repeats} runs."]
-        parts += ["", "### 2. Against the alternatives", "", baseline_table(util)]
-    if over is not None:
+            parts += ["", f"Cases whose sliding best is 5 s or less: the median of {repeats} "
+                      "runs, the clients taking turns."]  # fmt: skip
+        parts += ["", "### 2. Against the alternatives", "", baseline_table(results.util)]
+    if results.overhead is not None:
         parts += ["", "### 3. Engine overhead (`--rate-limit 100000`, no latency)", ""]
-        parts += [overhead_table(over)]
-    if scale:
-        parts += ["", "### 4. Scale of input (1,000 accounts)", "", scale_table(scale)]
+        parts += [overhead_table(results.overhead)]
+    if results.scale:
+        parts += ["", "### 4. Scale of input (1,000 accounts)", "", scale_table(results.scale)]
         if repeats > 1:
             parts += ["", f"Validation: the fastest of {repeats} runs per size."]
+    if results.resume or results.dense is not None:
+        parts += ["", "### 5. Read paths", "", read_tables(results.resume, results.dense)]
     return "\n".join(parts) + "\n"
 
 

@@ -8,13 +8,14 @@ Loading is linear when the time per job stays flat from the smallest file to the
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.clients import Env, engine_command
 from bench.measure import Usage, run_measured
 from bench.overhead import LIFTED
-from bench.shapes import Shape, write_shape
+from bench.shapes import Shape, ShapeFiles, write_shape
 from bench.simserver import SimProcess, SimStats
 from bench.validate import validate_command
 
@@ -24,6 +25,7 @@ ACCOUNTS = 1000
 @dataclass(frozen=True, slots=True)
 class ScaleRow:
     jobs: int
+    files: ShapeFiles
     file_mb: float
     validate: Usage
     #: None when this size was only validated.
@@ -54,15 +56,15 @@ def measure(
             for _ in range(repeats)
         ]
         validate = min(tries, key=lambda usage: usage.wall)
-        row = ScaleRow(jobs, files.jobs_yaml.stat().st_size / 1e6, validate)
+        row = ScaleRow(jobs, files, files.jobs_yaml.stat().st_size / 1e6, validate)
         if jobs in run_sizes:
             results = out / shape.name / "results.jsonl"
             with SimProcess(files.accounts_json, 0.0, rate_limit=1e9, env=env.vars()) as sim:
                 argv = engine_command(files, sim.url, results, *env.engine_args, *LIFTED)
                 run = run_measured(argv, out / "logs", f"{name}-run", env=env.vars())
                 stats = sim.stats()
-            row = ScaleRow(
-                row.jobs, row.file_mb, validate, run, stats, results.stat().st_size / 1e6
+            row = dataclasses.replace(
+                row, run=run, stats=stats, results_mb=results.stat().st_size / 1e6
             )
         print(
             f"  scale {jobs:6} jobs: validate {validate.wall:5.2f} s "

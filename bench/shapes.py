@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,23 +38,36 @@ class Shape:
     def keys(self) -> int:
         return len(self.jobs_per_key)
 
-    def minimum(self, rate: float = RATE_LIMIT) -> float:
-        """The issue's theoretical minimum: the busiest key's jobs / rate."""
-        return max(self.jobs_per_key) / rate
-
     def sliding_best(
-        self, latency: float, rate: float = RATE_LIMIT, window: float = WINDOW
+        self,
+        latency: float,
+        rate: float = RATE_LIMIT,
+        window: float = WINDOW,
+        *,
+        per_ip: bool = False,
     ) -> float:
-        """The best a sliding-window limit allows: a burst of ``rate * window`` at 0, the next
-        one window later, ..., the last answer ``latency`` after the last burst."""
-        burst = max(1, math.floor(rate * window))
-        return (math.ceil(max(self.jobs_per_key) / burst) - 1) * window + latency
+        """The campaign's lower bound (``sliding_best``); under a per-IP limit (``api: v1``)
+        all its keys are one."""
+        counts = (self.jobs,) if per_ip else self.jobs_per_key
+        return sliding_best(counts, latency, rate, window)
 
     def describe(self) -> str:
         groups: dict[int, int] = {}
         for jobs in self.jobs_per_key:
             groups[jobs] = groups.get(jobs, 0) + 1
         return " + ".join(f"{keys}x{jobs}" for jobs, keys in groups.items())
+
+
+def sliding_best(
+    counts: Iterable[int], latency: float, rate: float = RATE_LIMIT, window: float = WINDOW
+) -> float:
+    """No client can beat it: a key with ``n`` requests under "at most ``rate`` in any
+    ``window``" has its last arrive no sooner than ``ceil(n / rate) - 1`` windows after its
+    first, and answered one ``latency`` later. The bound is the largest over the keys
+    (``counts``: requests of each limited key)."""
+    burst = max(1, math.floor(rate * window))
+    busiest = max(counts, default=0)
+    return (math.ceil(busiest / burst) - 1) * window + latency if busiest else 0.0
 
 
 SHAPES = {
@@ -102,7 +116,9 @@ def write_shape(
     for name, (key, secret), count in zip(names, accounts.items(), shape.jobs_per_key, strict=True):
         for _ in range(count):
             out += [f"  - account: {name}", f"    leaderOrderId: {leader}", "    followVal: 0.5"]
-            plain.append({"api_key": key, "secret": secret, "leaderOrderId": leader})
+            plain.append(
+                {"account": name, "api_key": key, "secret": secret, "leaderOrderId": leader}
+            )
             leader += 1
     files = ShapeFiles(
         directory / "jobs.yaml", directory / "accounts.json", directory / "plain.json"

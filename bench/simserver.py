@@ -2,9 +2,9 @@
 
 The bench never runs the simulator in the process it measures: the simulator's CPU would be
 billed to the client. ``SimProcess`` starts ``python -m bench.simserver`` (the unchanged
-``engine.simulator.Simulator``, signatures checked) and reads ``GET /_sim/stats``. Makespan is
-taken here, on the server's side, the same way for every client: from the first follow request's
-arrival to the moment the last answer's headers were written.
+``engine.simulator.Simulator``, signatures checked) and reads ``GET /_sim/stats``. Times are
+taken here, on the server's side, the same way for every client: each connection as it is
+accepted, each follow request as it arrives, the last answer as its headers are written.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,13 @@ class SimStats:
     last_answer: float | None
     #: CPU seconds the simulator process has used so far: near the makespan, it was the limit.
     cpu: float = 0.0
+    #: Arrivals the rate limit let through, by limited key ("*" for all under a per-IP limit).
+    admitted: dict[str, int] = field(default_factory=dict)
+    #: When the client's first connection was accepted: its sender's start, as the exchange
+    #: sees it (a client connects as soon as it has a request to send).
+    first_connect: float | None = None
+    #: Connections accepted before the first request arrived.
+    connects_before_first_arrival: int = 0
 
     @property
     def http_429(self) -> int:
@@ -65,17 +72,22 @@ class SimStats:
         return self.last_answer - self.first_arrival
 
 
-def _stats(sim: Simulator, last_answer: float | None) -> dict[str, Any]:
+def _stats(sim: Simulator, last_answer: float | None, connects: list[float]) -> dict[str, Any]:
     cpu = time.process_time()  # before this summing adds to it
     by_key: defaultdict[str, list[float]] = defaultdict(list)
     statuses: Counter[int] = Counter()
     codes: Counter[str] = Counter()
+    admitted: Counter[str] = Counter()
     for arrival in sim.arrivals:
         if arrival.path != TIME_PATH:
-            by_key["*" if sim.config.per_ip else arrival.api_key].append(arrival.t)
+            key = "*" if sim.config.per_ip else arrival.api_key
+            by_key[key].append(arrival.t)
             statuses[arrival.status] += 1
             codes[arrival.mc or "-"] += 1
+            # Only injected faults answer 429 besides the limit, and the bench injects none.
+            admitted[key] += arrival.status != 429
     follows = [t for times in by_key.values() for t in times]
+    first = min(follows, default=None)
     window = sim.config.window
     return {
         "arrivals": len(follows),
@@ -87,22 +99,39 @@ def _stats(sim: Simulator, last_answer: float | None) -> dict[str, Any]:
         "max_in_window": max(
             (max_in_window(sorted(t), window) for t in by_key.values()), default=0
         ),
-        "first_arrival": min(follows, default=None),
+        "first_arrival": first,
         "last_answer": last_answer,
         "cpu": cpu,
+        "admitted": dict(admitted),
+        "first_connect": connects[0] if first is not None else None,
+        "connects_before_first_arrival": sum(first is not None and t < first for t in connects),
     }
+
+
+def _record_connections(connects: list[float]) -> None:
+    """Note when each connection is accepted: aiohttp's server hands every one to
+    ``Server.connection_made``, which the simulator leaves as it is."""
+    made = web.Server.connection_made
+
+    def connection_made(self: web.Server, handler: Any, transport: Any) -> None:
+        connects.append(time.monotonic())
+        made(self, handler, transport)
+
+    web.Server.connection_made = connection_made  # type: ignore[method-assign]
 
 
 async def _serve(port: int, accounts: dict[str, str] | None, config: SimConfig) -> None:
     sim = Simulator(accounts, config)
     last_answer: list[float] = []
+    connects: list[float] = []
+    _record_connections(connects)
 
     async def answered(request: web.Request, response: web.StreamResponse) -> None:
         if not request.path.startswith("/_sim/"):
             last_answer[:] = [time.monotonic()]
 
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response(_stats(sim, last_answer[0] if last_answer else None))
+        return web.json_response(_stats(sim, last_answer[0] if last_answer else None, connects))
 
     async def arrivals(request: web.Request) -> web.Response:
         rows = [(a.t, a.api_key, a.status) for a in sim.arrivals if a.path != TIME_PATH]

@@ -59,6 +59,9 @@ from engine.yamlread import (
 
 __all__ = ["MAX_FILE_BYTES", "JobFileError", "json_schema", "load"]
 
+#: Where a job's entry was, once the job is built.
+_TAKEN = object()
+
 
 def load(
     path: Path,
@@ -75,18 +78,32 @@ def load(
     if api is not None and api not in PROFILES:
         raise ValueError(f"api must be one of {', '.join(PROFILES)}, not {api!r}")
     path = Path(path)
-    where = str(path)
-    builder = Builder(os.environ if env is None else env, where)
+    builder = Builder(os.environ if env is None else env, str(path))
     with gc_paused():
-        doc = builder.build(read_file(path, where))
-        if doc is None:
-            raise JobFileError([f"{where}:1: the job file is empty"])
-        if not isinstance(doc, LineDict):
-            line = getattr(doc, "line", 1)
-            raise JobFileError(
-                [f"{where}:{line}: the job file must be a mapping of version, accounts and jobs"]
-            )
-        return _campaign(path, doc, builder, api, Limit(rate_limit, allow_over_limit))
+        return _campaign(
+            path, _read(path, builder), builder, api, Limit(rate_limit, allow_over_limit)
+        )
+
+
+def _read(path: Path, builder: Builder) -> LineDict:
+    where = builder.where
+    doc = builder.build(read_file(path, where))
+    if doc is None:
+        raise JobFileError([f"{where}:1: the job file is empty"])
+    if not isinstance(doc, LineDict):
+        line = getattr(doc, "line", 1)
+        raise JobFileError(
+            [f"{where}:{line}: the job file must be a mapping of version, accounts and jobs"]
+        )
+    _flag_secrets(doc, builder)
+    return doc
+
+
+def _flag_secrets(doc: LineDict, builder: Builder) -> None:
+    """A secret anywhere but ``secret_key`` is a problem, named by its field only."""
+    for loc, account in secret_uses(doc):
+        message = f"holds the secret key of account {account}; a secret belongs in secret_key only"
+        builder.problem(locate(doc, loc), loc, message)
 
 
 def json_schema() -> dict[str, Any]:
@@ -107,9 +124,6 @@ class Limit:
 def _campaign(
     path: Path, doc: LineDict, builder: Builder, api: str | None, limit: Limit
 ) -> Campaign:
-    for loc, account in secret_uses(doc):
-        message = f"holds the secret key of account {account}; a secret belongs in secret_key only"
-        builder.problem(locate(doc, loc), loc, message)
     settings = doc.get("settings")
     name = api or (settings.get("api") if isinstance(settings, dict) else None) or "v4"
     profile = PROFILES.get(name) if isinstance(name, str) else None
@@ -117,6 +131,11 @@ def _campaign(
         campaign = _valid_campaign(path, doc, profile, builder, limit)
         if campaign is not None:
             return campaign
+        jobs = doc.get("jobs")
+        if isinstance(jobs, list) and jobs[:1] == [_TAKEN]:
+            # The jobs built before the problem are gone from the tree: read the file again.
+            builder = Builder(builder.env, builder.where)
+            doc = _read(path, builder)
     # Something is wrong: the whole file in one validation, to name every problem.
     problems = list(builder.problems)
 
@@ -147,17 +166,27 @@ def _campaign(
 def _valid_campaign(
     path: Path, doc: LineDict, profile: ApiProfile, builder: Builder, limit: Limit
 ) -> Campaign | None:
-    """The campaign, built one job at a time; None at the first sign of a problem."""
+    """The campaign, built one job at a time; None at the first sign of a problem, and then
+    the entries of the jobs built before it are gone from ``doc``."""
     found: list[Loc] = []
     try:
         header = JobFileHeader.model_validate(doc)
         check_jobs(doc, profile, lambda loc, message: found.append(loc))
         if found:
             return None
-        job_models = (JobModel.model_validate(job) for job in header.jobs)
+        job_models = (JobModel.model_validate(job) for job in _let_go(header.jobs))
         return _build(path, doc, header, job_models, profile, builder, limit)
     except ValidationError:
         return None
+
+
+def _let_go(entries: list[Any]) -> Iterator[Any]:
+    """Each entry, taken out of ``entries`` as it is handed over: a job's part of the YAML
+    tree is freed once the job is built, so the peak is the larger of tree and campaign,
+    not their sum."""
+    for i, entry in enumerate(entries):
+        entries[i] = _TAKEN
+        yield entry
 
 
 def _build(

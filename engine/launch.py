@@ -28,7 +28,7 @@ from engine.pool import WorkerPool, local_limits
 from engine.preflight import preflight
 from engine.reconcile import Reader, reconcile, reconciled_line
 from engine.report import ProgressDisplay, print_summary
-from engine.results import CampaignLock, JobResult, ResultLog, read_results
+from engine.results import CampaignLock, JobResult, ResultLog, read_states
 from engine.signals import StopSignals
 from engine.simulator import SimConfig, Simulator
 from engine.sources import JobProgress, MemorySource
@@ -79,7 +79,7 @@ def dry_run(campaign: Campaign, results: Path, fresh: bool = False) -> DryRun:
     """The requests a run would send first. ``results`` is only read: neither locked (a run
     may hold it) nor created. Raises ``ResultsFileError`` when it cannot be read."""
     try:
-        done = set() if fresh else read_results(results).ok_jobs()
+        done = set() if fresh else read_states(results).ok_jobs()
     except FileNotFoundError:
         done = set()
     jobs = pending(campaign.jobs, done)

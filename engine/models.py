@@ -366,11 +366,18 @@ class JobFileModel(_Model):
     schedule: ScheduleModel | None = Field(None, description="Optional: when the campaign runs.")
 
 
+def _job_entries(value: object) -> list[Any]:
+    """The entries themselves, not a copy: each is let go of once its job is built."""
+    if isinstance(value, list) and value:
+        return value
+    raise _error("jobs", "must be a list of at least one job")
+
+
 class JobFileHeader(JobFileModel):
     """The job file with its jobs only counted: a valid file's jobs are then validated one at
     a time, so that one job's model is alive at once, not all of them (74 MB at 100,000)."""
 
-    jobs: list[Any] = Field(min_length=1)
+    jobs: Annotated[list[Any], PlainValidator(_job_entries)]
 
 
 #: The follow parameters in wire order (after the leader id).

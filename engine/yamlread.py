@@ -369,9 +369,14 @@ def read_file(path: Path, where: str) -> bytes:
     too_big = f"{where}: the job file is larger than {MAX_FILE_BYTES} bytes; refused"
     try:
         with path.open("rb") as file:
-            if os.fstat(file.fileno()).st_size > MAX_FILE_BYTES:
+            size = os.fstat(file.fileno()).st_size
+            if size > MAX_FILE_BYTES:
                 raise JobFileError([too_big])
-            data = file.read(MAX_FILE_BYTES + 1)  # bounded even where st_size says nothing
+            # A buffer of the file's size, not of the limit; more only where st_size was wrong
+            # (a file still growing, a pipe), and bounded even then.
+            data = file.read(size + 1)
+            if len(data) > size:
+                data += file.read(MAX_FILE_BYTES + 1 - len(data))
     except OSError as exc:
         raise JobFileError([f"{where}: cannot read the job file: {exc.strerror or exc}"]) from None
     if len(data) > MAX_FILE_BYTES:
