@@ -9,29 +9,45 @@ prints except the stop notice a person needs when pressing Ctrl-C.
 from __future__ import annotations
 
 import asyncio
-import resource
 import sys
-from collections.abc import Awaitable, Callable, Container, Iterable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO, TypeVar
-
-from rich.console import Console
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from engine.campaign import Campaign, FollowJob
-from engine.client import PreparedRequest, XtClient
+from engine.client import XtClient
 from engine.clock import Clock, iso_utc, wall_clock
 from engine.collector import CampaignStats, Collector
 from engine.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from engine.openfiles import SPARE_FILES, fit_open_files
+from engine.plan import DryRun, dry_run, pending
 from engine.pool import WorkerPool, local_limits
-from engine.preflight import preflight
 from engine.reconcile import Reader, reconcile, reconciled_line
 from engine.report import ProgressDisplay, print_summary
-from engine.results import CampaignLock, JobResult, ResultLog, read_states
+from engine.results import CampaignLock, JobResult, ResultLog
 from engine.signals import StopSignals
-from engine.simulator import SimConfig, Simulator
 from engine.sources import JobProgress, MemorySource
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from engine.simulator import SimConfig
+
+__all__ = [
+    "MAX_LINE_WARNINGS",
+    "SPARE_FILES",
+    "DryRun",
+    "LaunchOptions",
+    "default_results_path",
+    "dry_run",
+    "fit_open_files",
+    "launch_and_report",
+    "launch_campaign",
+    "pending",
+    "read_exchange",
+]
 
 T = TypeVar("T")
 
@@ -39,9 +55,6 @@ T = TypeVar("T")
 MAX_LINE_WARNINGS = 20
 #: Seconds between checks that the results and lock files are still in place.
 WATCH_INTERVAL = 0.5
-#: Open files a run needs besides its connections: standard streams, the results file,
-#: the event loop's own, the simulator's listening socket.
-SPARE_FILES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,70 +77,6 @@ class LaunchOptions:
 
 def default_results_path(jobs_file: Path) -> Path:
     return jobs_file.with_suffix(".results.jsonl")
-
-
-@dataclass(frozen=True, slots=True)
-class DryRun:
-    """What a run would send now: each job with its request, signed now, sent never."""
-
-    requests: list[tuple[FollowJob, PreparedRequest]]
-    #: Jobs left out because the results file has them ok already.
-    skipped: int
-
-
-def dry_run(campaign: Campaign, results: Path, fresh: bool = False) -> DryRun:
-    """The requests a run would send first. ``results`` is only read: neither locked (a run
-    may hold it) nor created. Raises ``ResultsFileError`` when it cannot be read."""
-    try:
-        done = set() if fresh else read_states(results).ok_jobs()
-    except FileNotFoundError:
-        done = set()
-    jobs = pending(campaign.jobs, done)
-    settings = campaign.settings
-    client = XtClient(
-        campaign.base_url,
-        settings.api,
-        recv_window_ms=settings.recv_window_ms,
-        headers=settings.headers,
-    )
-
-    def request(job: FollowJob) -> PreparedRequest:
-        account = campaign.accounts[job.account]
-        if job.action == "unfollow":
-            return client.prepare_cancel(account.api_key, account.secret_key, job.leader_id)
-        return client.prepare(account.api_key, account.secret_key, job.params)
-
-    return DryRun([(job, request(job)) for job in jobs], len(campaign.jobs) - len(jobs))
-
-
-def pending(jobs: Iterable[FollowJob], done: Container[str]) -> list[FollowJob]:
-    """The jobs a run sends: those not already ok (``done``)."""
-    return [job for job in jobs if job.id not in done]
-
-
-def fit_open_files(concurrency: int, per_request: int = 1) -> tuple[int, str | None]:
-    """The concurrency this process can hold open, and a warning when it is less than asked.
-
-    Every request in flight holds a connection, so the open-files soft limit (often 1024)
-    is raised towards the hard one as far as needed. Where even that is too low the run
-    goes on with fewer requests in flight rather than fail to connect once it runs out.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = SPARE_FILES + concurrency * per_request
-    if soft == resource.RLIM_INFINITY or soft >= need:
-        return concurrency, None
-    raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
-    except (ValueError, OSError):  # macOS: not above kern.maxfilesperproc, whatever the hard
-        raised = soft
-    if raised >= need:
-        return concurrency, None
-    fits = max(1, (raised - SPARE_FILES) // per_request)
-    return fits, (
-        f"warning: {fits} requests in flight at most instead of {concurrency}: this process "
-        f"may open {raised} files (ulimit -n); raise the limit to run {concurrency}"
-    )
 
 
 async def launch_campaign(campaign: Campaign, options: LaunchOptions) -> CampaignStats:
@@ -166,6 +115,8 @@ async def launch_campaign(campaign: Campaign, options: LaunchOptions) -> Campaig
             stack.callback(signals.attach, None)
             base_url = campaign.base_url
             if options.simulate is not None:
+                from engine.simulator import Simulator  # aiohttp's server: only when simulating
+
                 api = campaign.settings.api
                 simulator = Simulator(
                     {a.api_key: a.secret_key for a in campaign.accounts.values()},
@@ -226,6 +177,8 @@ async def _preflight(
 ) -> None:
     """Check XT's clock and the accounts of ``jobs``; the jobs of an account that fails fail
     unsent, with the reason said once here."""
+    from engine.preflight import preflight
+
     names = dict.fromkeys(job.account for job in jobs)
     report = await preflight(client, reader, (campaign.accounts[name] for name in names))
     if (note := report.clock_note()) is not None:

@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from functools import partial
 
+from engine.aio import first_of
 from engine.campaign import Account, Campaign, FollowJob, Settings
 from engine.client import AmbiguousError, Answer, XtClient
 from engine.clock import Clock, iso_utc, wall_clock
 from engine.collector import CampaignStats, Collector, KeyStats
+from engine.gctune import collector_tuned
 from engine.limiter import Limiter, Limits, LocalLimits
 from engine.policy import Decision, Step, Verdict, escalate, judge, scrub
 from engine.profiles import ACCOUNT_ENDPOINTS_RATE
@@ -36,8 +36,6 @@ from engine.sources import JobProgress, JobSource, MemorySource
 GRACE_SECONDS = 5.0
 #: A clock measured this recently is not measured again.
 CLOCK_SYNC_INTERVAL = 5.0
-#: Allocations between collections of the youngest generation while a run goes on.
-GC_YOUNG_THRESHOLD = 10_000
 
 
 @dataclass(slots=True, eq=False)
@@ -120,10 +118,10 @@ class WorkerPool:
     async def serve(self, source: JobSource) -> CampaignStats:
         """Run what ``source`` delivers until it is exhausted or the pool is stopped."""
         self._source = source
-        with _collector_tuned():
+        with collector_tuned():
             if not (self._stopping.is_set() or self._halted()):
                 source.start(self._deliver)
-                await _first_of(source.exhausted(), self._stopping.wait())
+                await first_of(source.exhausted(), self._stopping.wait())
             await self._wind_down()
         self.stats.ended = time.monotonic()
         return self.stats
@@ -333,7 +331,7 @@ class WorkerPool:
         await asyncio.gather(*self._dispatchers, return_exceptions=True)
         if self._in_flight:
             in_flight = asyncio.gather(*self._in_flight, return_exceptions=True)
-            await _first_of(in_flight, self._aborting.wait(), timeout=self.grace)
+            await first_of(in_flight, self._aborting.wait(), timeout=self.grace)
         for task in list(self._in_flight):
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
@@ -361,40 +359,3 @@ def local_limits(settings: Settings) -> LocalLimits:
         per_ip=settings.api.per_ip,
         read_rate=ACCOUNT_ENDPOINTS_RATE,
     )
-
-
-_tuned_runs = 0
-_saved_threshold = gc.get_threshold()
-
-
-@contextmanager
-def _collector_tuned() -> Iterator[None]:
-    """While runs go on: what exists when the first starts (modules, campaigns) is frozen, so
-    no full collection walks it again and stalls the loop for tens of ms; and the youngest
-    generation is collected less often, since a request's objects die before a collection
-    sees them. At CPython's defaults collections took ~12% of a run's CPU (bench/RESULTS.md)."""
-    global _tuned_runs, _saved_threshold
-    if _tuned_runs == 0:
-        _saved_threshold = gc.get_threshold()
-        gc.freeze()
-        if _saved_threshold[0]:
-            gc.set_threshold(max(_saved_threshold[0], GC_YOUNG_THRESHOLD), *_saved_threshold[1:])
-    _tuned_runs += 1
-    try:
-        yield
-    finally:
-        _tuned_runs -= 1
-        if _tuned_runs == 0:
-            gc.set_threshold(*_saved_threshold)
-            gc.unfreeze()
-
-
-async def _first_of(*awaitables: Awaitable[object], timeout: float | None = None) -> None:
-    """Wait until any of ``awaitables`` is done (or ``timeout``), then drop the rest."""
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
-    try:
-        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-import engine.launch
+import engine.openfiles
 from engine.campaign import Settings
 from engine.launch import SPARE_FILES, fit_open_files
 from engine.simulator import SimConfig
@@ -49,7 +49,7 @@ class FakeLimits(SimpleNamespace):
 def limits(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeLimits]:
     def install(soft: int, hard: int, ceiling: int | None = None) -> FakeLimits:
         fake = FakeLimits(soft, hard, ceiling)
-        monkeypatch.setattr(engine.launch, "resource", fake)
+        monkeypatch.setattr(engine.openfiles, "resource", fake)
         return fake
 
     return install
