@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 def _execute(work: Coroutine[Any, Any, int]) -> NoReturn:
     """Run ``work`` and exit with its code."""
     import asyncio
+    import gc
 
     from engine.results import ResultsFileError
 
@@ -47,6 +48,7 @@ def _execute(work: Coroutine[Any, Any, int]) -> NoReturn:
         fail(f"{exc}; nothing sent")
     except KeyboardInterrupt:  # a Ctrl-C between two handlers; every result is already written
         code = EXIT_INTERRUPTED
+    gc.freeze()  # nothing left worth collecting: spares the exit a walk of every object (0.1 s)
     sys.exit(code)
 
 

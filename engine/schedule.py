@@ -22,7 +22,6 @@ from typing import TextIO
 
 from rich.console import Console
 
-from engine import cron
 from engine.campaign import Campaign, Schedule
 from engine.clock import Clock, iso_utc
 from engine.exits import EXIT_INTERRUPTED, EXIT_USAGE
@@ -45,6 +44,8 @@ Loader = Callable[[], Campaign]
 def next_firing(schedule: Schedule, after: datetime) -> datetime:
     """The first firing of ``schedule.cron`` strictly after ``after``, in UTC."""
     assert schedule.cron is not None, "a cron schedule"
+    from engine import cron  # croniter: only for a cron schedule
+
     return cron.next_firing(schedule.cron, schedule.timezone, after)
 
 
