@@ -24,11 +24,12 @@ from engine.client import PreparedRequest, XtClient
 from engine.clock import Clock, iso_utc, wall_clock
 from engine.collector import CampaignStats, Collector
 from engine.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from engine.past import read_states
 from engine.pool import WorkerPool, local_limits
 from engine.preflight import preflight
 from engine.reconcile import Reader, reconcile, reconciled_line
 from engine.report import ProgressDisplay, print_summary
-from engine.results import CampaignLock, JobResult, ResultLog, read_states
+from engine.results import CampaignLock, JobResult, ResultLog
 from engine.signals import StopSignals
 from engine.simulator import SimConfig, Simulator
 from engine.sources import JobProgress, MemorySource

@@ -29,9 +29,10 @@ from aiohttp import web
 from engine.campaign import Account, Campaign, FollowJob, FollowValue, Settings
 from engine.client import XtClient
 from engine.collector import CampaignStats, Collector
+from engine.past import parse_results
 from engine.pool import WorkerPool
 from engine.profiles import V4
-from engine.results import JobResult, ResultLog, parse_results
+from engine.results import JobResult, ResultLog
 from engine.simulator import SimConfig, Simulator
 
 BASE_LEADER = 7302994413592166401
