@@ -114,6 +114,12 @@ def job_file(
 WriteJobs = Callable[..., Path]
 
 
+def follow_run(jobs: Path, sim: Simulator, *extra: str) -> tuple[str, ...]:
+    """``follow-engine run`` arguments for ``jobs`` against ``sim``, without the preflight's
+    account reads: for the tests of what the follows do."""
+    return ("run", "--no-preflight", str(jobs), "--base-url", sim.base_url or "", *extra)
+
+
 def job_ids(jobs_per_account: Mapping[str, int]) -> dict[int, str]:
     """Leader id -> job id, as ``job_file`` and ``make_campaign`` number them."""
     return {leader: f"{account}:{leader}" for leader, account in _leaders(jobs_per_account)}
