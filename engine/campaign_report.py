@@ -23,9 +23,10 @@ from rich.console import Console
 
 from engine.collector import CampaignStats
 from engine.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from engine.past import read_results
 from engine.profiles import LEADER_FIELDS, PROFILES, V4, ApiProfile
 from engine.report import Row, ambiguous_note, error_rows, job_rows, outcome_rows, print_rows
-from engine.results import JobResult, ResultsFileError, read_results
+from engine.results import JobResult, ResultsFileError
 
 #: Jobs listed on a terminal unless a listing option asks for all of them.
 TERMINAL_LISTED = 20

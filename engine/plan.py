@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engine.campaign import Campaign, FollowJob
 from engine.client import PreparedRequest, XtClient
-from engine.results import read_states
+from engine.past import read_states
 
 
 def pending(jobs: Iterable[FollowJob], done: Container[str]) -> list[FollowJob]:

@@ -13,7 +13,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from engine.models import FOLLOW_FIELDS, MANDATORY_FIELDS, SECTIONS, WHEN, JobFileModel
+from engine.fields import WHEN
+from engine.models import FOLLOW_FIELDS, MANDATORY_FIELDS, SECTIONS, JobFileModel
 from engine.profiles import LEADER_FIELDS, ApiProfile
 from engine.yamlread import LineDict, LineList, Loc, printable
 

@@ -1,7 +1,7 @@
 """API profiles: what differs between the versions of XT's follow endpoint.
 
 XT moved the endpoint after the page this project was specified from (see
-``xt-api-notes.md``, "Endpoint history"). Everything that moved lives here so the
+``docs/xt-api.md``, "Endpoint history"). Everything that moved lives here so the
 rest of the engine never branches on a version string.
 """
 

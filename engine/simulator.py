@@ -5,7 +5,7 @@ rate limit) and records every arrival, so a test can prove what the engine sent 
 what the engine says. Faults are injected on purpose: scripted per leader id, or at random from a
 seed so that a failing run can be replayed.
 
-Answers follow ``xt-api-notes.md``: HTTP 200 with ``{"rc","mc","ma","result"}``, except 429/5xx.
+Answers follow ``docs/xt-api.md``: HTTP 200 with ``{"rc","mc","ma","result"}``, except 429/5xx.
 A refused parameter is answered ``rc 1`` with ``INVALID_PARAMETER`` and the field's name in ``ma``:
 XT documents no code for it, so this is an assumption (``FAILURE``, its generic "fail").
 Signatures are checked by code of the simulator's own, never the client's: a mistake the two

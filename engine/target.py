@@ -94,12 +94,21 @@ allow_over_limit_option = click.option(
     is_flag=True,
     help="A rate limit above the API's own (XT raised yours) is a warning, not an error.",
 )
+base_url_option = click.option(
+    "--base-url", callback=_base_url, help="Exchange URL; overrides base_url."
+)
+timeout_option = click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per request."
+)
+insecure_option = click.option(
+    "--insecure", is_flag=True, help="Allow plain http:// beyond loopback."
+)
 #: What ``run`` and ``schedule`` both take, defined once; ``Target`` holds the values.
 _TARGET_OPTIONS = (
     jobs_argument,
     api_option,
     env_file_option,
-    click.option("--base-url", callback=_base_url, help="Exchange URL; overrides base_url."),
+    base_url_option,
     click.option(
         "--rate-limit", type=click.FloatRange(min=0, min_open=True), help="Requests/s per key."
     ),
@@ -111,9 +120,7 @@ _TARGET_OPTIONS = (
         type=click.FloatRange(min=0, min_open=True),
         help="Seconds: a longer Retry-After fails the job instead [300].",
     ),
-    click.option(
-        "--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per request."
-    ),
+    timeout_option,
     click.option(
         "--results", type=click.Path(path_type=Path), help="Results file [JOBS.results.jsonl]."
     ),
@@ -125,7 +132,7 @@ _TARGET_OPTIONS = (
         show_default=True,
         help="With --simulate: seconds each answer takes.",
     ),
-    click.option("--insecure", is_flag=True, help="Allow plain http:// beyond loopback."),
+    insecure_option,
     click.option(
         "--no-preflight",
         is_flag=True,
@@ -137,27 +144,27 @@ _READ_OPTIONS = (
     jobs_argument,
     api_option,
     env_file_option,
-    click.option("--base-url", callback=_base_url, help="Exchange URL; overrides base_url."),
-    click.option(
-        "--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per request."
-    ),
-    click.option("--insecure", is_flag=True, help="Allow plain http:// beyond loopback."),
+    base_url_option,
+    timeout_option,
+    insecure_option,
 )
 _SETTINGS_OPTIONS = ("concurrency", "max_attempts", "max_retry_after", "timeout")
 
 
-def target_options(command: F) -> F:
-    """Decorate ``command`` with the options ``run`` and ``schedule`` share."""
-    for option in reversed(_TARGET_OPTIONS):
+def _decorated(command: F, options: tuple[Callable[[F], F], ...]) -> F:
+    for option in reversed(options):
         command = option(command)
     return command
+
+
+def target_options(command: F) -> F:
+    """Decorate ``command`` with the options ``run`` and ``schedule`` share."""
+    return _decorated(command, _TARGET_OPTIONS)
 
 
 def read_options(command: F) -> F:
     """Decorate ``command`` with the options ``verify`` and ``check`` share."""
-    for option in reversed(_READ_OPTIONS):
-        command = option(command)
-    return command
+    return _decorated(command, _READ_OPTIONS)
 
 
 def load_checked(jobs_file: Path, load: Callable[[], Campaign]) -> Campaign:

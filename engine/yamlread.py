@@ -13,9 +13,8 @@ from __future__ import annotations
 import gc
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,6 +30,8 @@ from yaml.events import (
     StreamEndEvent,
 )
 
+from engine.yamlscalars import SCALARS, STR, T, implicit_tag
+
 MAX_FILE_BYTES = 64 * 2**20
 #: Aliases may add this many values, or as many as the file itself holds if that is more.
 MAX_ALIAS_EXPANSION = 100_000
@@ -39,13 +40,6 @@ Loc = tuple[Any, ...]
 Problem = tuple[int, Loc, str]  # line, where in the document, message
 
 _Parser = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_SAFE = yaml.constructor.SafeConstructor()
-#: First character -> (tag, pattern) pairs, as PyYAML resolves plain scalars.
-_RESOLVERS: dict[str | None, list[tuple[str, re.Pattern[str]]]] = (
-    yaml.resolver.Resolver.yaml_implicit_resolvers
-)
-_T = "tag:yaml.org,2002:"
-_STR = _T + "str"
 _REF = re.compile(r"\$\$\{|\$\{(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\})?")
 _BAD_REF = "'${' must start ${NAME} or ${NAME:-default} (write $${ for a literal ${)"
 _NO_KEY = object()
@@ -80,60 +74,6 @@ class LineList(list[Any]):
     __slots__ = ("item_lines", "line")
     line: int
     item_lines: list[int]
-
-
-def _int(text: str) -> int | str:
-    """Plain decimal digits only (YAML 1.2: 0123 is decimal, not 1.1's octal). Hex, binary,
-    ``1_000`` and base 60 are left as text, which no number field takes: a number is sent
-    in the digits the user wrote, never converted from another notation."""
-    if text.isascii() and text.lstrip("+-").isdigit():
-        if len(text) > 100:
-            raise ValueError(text)
-        return int(text)
-    return text
-
-
-def _decimal(text: str) -> Decimal | str:
-    plain = text.lower()
-    if plain.lstrip("+-") == ".inf":
-        return Decimal("-Infinity" if plain[0] == "-" else "Infinity")
-    if plain == ".nan":
-        return Decimal("NaN")
-    if "_" in plain or ":" in plain:
-        return text  # 1_000.5 or base 60 (1:30.5): left as text, which no number field takes
-    number = Decimal(plain)
-    if number.is_snan():
-        raise ValueError(text)
-    return number
-
-
-def _timestamp(text: str) -> object:
-    if not _SAFE.timestamp_regexp.match(text):
-        raise ValueError(text)
-    return _SAFE.construct_yaml_timestamp(yaml.ScalarNode(_T + "timestamp", text))
-
-
-def _bool(text: str) -> bool | str:
-    lowered = text.lower()
-    return lowered == "true" if lowered in ("true", "false") else text  # yes/no/on/off stay text
-
-
-_SCALARS: dict[str, Callable[[str], object]] = {
-    _T + "null": lambda _: None,
-    _T + "bool": _bool,
-    _T + "int": _int,
-    _T + "float": _decimal,
-    _T + "timestamp": _timestamp,
-    _T + "merge": str,  # merge keys (<<) are not supported: defaults do that job
-    _T + "value": str,
-}
-
-
-def _implicit_tag(text: str) -> str:
-    for tag, regexp in _RESOLVERS.get(text[:1], ()):
-        if regexp.match(text):
-            return tag
-    return _STR
 
 
 class _Frame:
@@ -193,9 +133,9 @@ class Builder:
                     else:
                         self._add(value, 1, event.start_mark.line + 1)
                 elif kind is MappingStartEvent:
-                    self._open(event, LineDict(), _T + "map")
+                    self._open(event, LineDict(), T + "map")
                 elif kind is SequenceStartEvent:
-                    self._open(event, LineList(), _T + "seq")
+                    self._open(event, LineList(), T + "seq")
                 elif kind is MappingEndEvent or kind is SequenceEndEvent:
                     self._close()
                 elif kind is AliasEvent:
@@ -215,7 +155,7 @@ class Builder:
         raise JobFileError([f"{self.where}:{_line(event)}: {message}"])
 
     def _unsupported(self, event: Any) -> NoReturn:
-        tag = event.tag.replace(_T, "!!")
+        tag = event.tag.replace(T, "!!")
         self._fatal(event, f"tag {tag} is not allowed: a job file holds plain YAML data only")
 
     def _loc(self) -> Loc:
@@ -230,9 +170,9 @@ class Builder:
 
     def _plain(self, text: str, event: ScalarEvent) -> object:
         """An untagged plain scalar, typed by YAML 1.1's patterns; values repeat, so cache them."""
-        tag = _implicit_tag(text)
-        value = text if tag == _STR else self._construct(tag, text, event)
-        if len(self.cache) < _CACHE_SIZE and (tag == _STR or value is not text):
+        tag = implicit_tag(text)
+        value = text if tag == STR else self._construct(tag, text, event)
+        if len(self.cache) < _CACHE_SIZE and (tag == STR or value is not text):
             self.cache[text] = value
         return value
 
@@ -240,8 +180,8 @@ class Builder:
         """A scalar with a tag, an anchor or a ``$`` in it."""
         text, tag = event.value, event.tag
         if tag is None:
-            tag = _implicit_tag(text) if event.implicit[0] else _STR
-        if tag in ("!", _STR):
+            tag = implicit_tag(text) if event.implicit[0] else STR
+        if tag in ("!", STR):
             top = self.stack[-1] if self.stack else None
             is_key = top is not None and top.key is _NO_KEY and type(top.container) is LineDict
             value: object = text if is_key or "$" not in text else self._substitute(text, event)
@@ -252,13 +192,13 @@ class Builder:
         return value
 
     def _construct(self, tag: str, text: str, event: ScalarEvent) -> object:
-        build = _SCALARS.get(tag)
+        build = SCALARS.get(tag)
         if build is None:
             self._unsupported(event)
         try:
             return build(text)
         except (ValueError, ArithmeticError, LookupError):
-            self.problem(_line(event), self._loc(), f"not a valid {tag.removeprefix(_T)}")
+            self.problem(_line(event), self._loc(), f"not a valid {tag.removeprefix(T)}")
             return text
 
     def _substitute(self, text: str, event: ScalarEvent) -> str:

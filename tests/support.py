@@ -29,9 +29,10 @@ from aiohttp import web
 from engine.campaign import Account, Campaign, FollowJob, FollowValue, Settings
 from engine.client import XtClient
 from engine.collector import CampaignStats, Collector
+from engine.past import parse_results
 from engine.pool import WorkerPool
 from engine.profiles import V4
-from engine.results import JobResult, ResultLog, parse_results
+from engine.results import JobResult, ResultLog
 from engine.simulator import SimConfig, Simulator
 
 BASE_LEADER = 7302994413592166401
@@ -111,6 +112,12 @@ def job_file(
 #: The ``write_jobs`` fixture: ``write_jobs(jobs_per_account, **job_file_options)`` or
 #: ``write_jobs(text)``, with ``name=`` (default ``jobs.yaml``); the path written.
 WriteJobs = Callable[..., Path]
+
+
+def follow_run(jobs: Path, sim: Simulator, *extra: str) -> tuple[str, ...]:
+    """``follow-engine run`` arguments for ``jobs`` against ``sim``, without the preflight's
+    account reads: for the tests of what the follows do."""
+    return ("run", "--no-preflight", str(jobs), "--base-url", sim.base_url or "", *extra)
 
 
 def job_ids(jobs_per_account: Mapping[str, int]) -> dict[int, str]:

@@ -120,7 +120,12 @@ async def test_failed_jobs_exit_1_and_are_recorded(
     follow, its other job is not sent, exit 1."""
     sim = await simulator({key_of("alice"): "the-real-secret"}, SimConfig())
     code, out, err = await run_cli(
-        "run", str(job_path), "--base-url", sim.base_url or "", "--concurrency", "1",
+        "run",
+        str(job_path),
+        "--base-url",
+        sim.base_url or "",
+        "--concurrency",
+        "1",
         "--no-preflight",
     )
     assert code == 1, err

@@ -24,6 +24,7 @@ from tests.support import (
     WriteJobs,
     accounts_of,
     engine_env,
+    follow_run,
     job_ids,
     key_of,
     last_lines,
@@ -200,9 +201,7 @@ async def test_a_second_engine_on_the_same_results_file_refuses_and_sends_nothin
     jobs = write_jobs(SMALL)
     env = engine_env(SMALL)
     sim = await simulator(accounts_of(SMALL), SimConfig(latency=0.05))
-    args = (
-        "run", "--no-preflight", str(jobs), "--base-url", sim.base_url or "", "--concurrency", "2"
-    )  # fmt: skip
+    args = follow_run(jobs, sim, "--concurrency", "2")
     first = await engines.run(*args, env=env, name="first")
     results = jobs.with_suffix(".results.jsonl")
     recorded = results.read_bytes()
@@ -227,15 +226,7 @@ async def test_two_engines_started_together_never_both_send(
     jobs = write_jobs(SMALL)
     env = engine_env(SMALL)
     sim = await simulator(accounts_of(SMALL), SimConfig(latency=0.05))
-    args = (
-        "run",
-        "--no-preflight",
-        str(jobs),
-        "--base-url",
-        sim.base_url or "",
-        "--concurrency",
-        "2",
-    )
+    args = follow_run(jobs, sim, "--concurrency", "2")
     both = await asyncio.gather(
         engines.run(*args, env=env, name="a"), engines.run(*args, env=env, name="b")
     )

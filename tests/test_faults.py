@@ -42,6 +42,7 @@ from tests.support import (
     WriteJobs,
     accounts_of,
     engine_env,
+    follow_run,
     last_lines,
     make_campaign,
     ok_jobs,
@@ -140,11 +141,7 @@ def refused(
         jobs = write_jobs(ALICE)
         sim = await simulator(accounts_of(ALICE), SimConfig())
         run = await engines.run(
-            "run",
-            "--no-preflight",
-            str(jobs),
-            "--base-url",
-            sim.base_url or "",
+            *follow_run(jobs, sim),
             "--results",
             str(results),
             env=engine_env(ALICE),
@@ -292,11 +289,7 @@ async def test_a_disk_full_mid_run_stops_sending_and_prints_what_it_could_not_re
     results = jobs.parent / "r.jsonl"
     sim = await simulator(accounts_of(ALICE), SimConfig(latency=0.05))
     running = await engines.start(
-        "run",
-        "--no-preflight",
-        str(jobs),
-        "--base-url",
-        sim.base_url or "",
+        *follow_run(jobs, sim),
         "--results",
         str(results),
         "--concurrency",

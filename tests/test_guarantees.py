@@ -35,6 +35,7 @@ from tests.support import (
     accounts_of,
     engine_env,
     finish,
+    follow_run,
     job_file,
     job_ids,
     key_of,
@@ -175,15 +176,7 @@ async def test_a_results_or_lock_file_gone_mid_run_stops_sending_within_a_second
     kept = tmp_path / "kept.jsonl"
     out, err = tmp_path / "engine.out", tmp_path / "engine.err"
     async with Simulator(accounts_of(LONG), SimConfig(latency=1.5)) as sim:
-        args = (
-            "run",
-            "--no-preflight",
-            str(jobs),
-            "--base-url",
-            sim.base_url or "",
-            "--timeout",
-            "30",
-        )
+        args = follow_run(jobs, sim, "--timeout", "30")
         process = await spawn(*args, env=engine_env(LONG), out=out, err=err)
         await sim.wait_for_arrivals(10)  # the first burst
         os.link(results, kept)  # the test may still read what the run wrote before
@@ -235,15 +228,7 @@ async def test_a_second_run_of_a_campaign_refuses_while_the_first_runs(
     env = engine_env(small)
     out, err = tmp_path / "first.out", tmp_path / "first.err"
     async with Simulator(accounts_of(small), SimConfig(latency=0.2)) as sim:
-        args = (
-            "run",
-            "--no-preflight",
-            str(jobs),
-            "--base-url",
-            sim.base_url or "",
-            "--concurrency",
-            "1",
-        )
+        args = follow_run(jobs, sim, "--concurrency", "1")
         first = await spawn(*args, env=env, out=out, err=err)
         await sim.wait_for_arrivals(1)
         first.send_signal(signal.SIGSTOP)
@@ -336,8 +321,7 @@ async def test_a_results_path_that_is_no_results_file_is_refused_untouched(
     before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and not p.is_fifo()}
     async with Simulator(accounts_of({"alice": 3})) as sim:
         run = await run_engine(
-            "run", "--no-preflight", str(jobs), "--base-url", sim.base_url or "",
-            "--results", str(results),
+            *follow_run(jobs, sim), "--results", str(results),
             *(["--fresh"] if fresh else []), env=engine_env({"alice": 3}), workdir=tmp_path,
             timeout=20,
         )  # fmt: skip
@@ -466,8 +450,7 @@ async def test_sighup_stops_like_sigterm_recording_the_requests_in_flight(tmp_pa
     out, err = tmp_path / "out", tmp_path / "err"
     async with Simulator(accounts_of(accounts), SimConfig(latency=0.3)) as sim:
         process = await spawn(
-            "run", "--no-preflight", str(jobs), "--base-url", sim.base_url or "",
-            "--results", str(results),
+            *follow_run(jobs, sim), "--results", str(results),
             env=engine_env(accounts), out=out, err=err,
         )  # fmt: skip
         await sim.wait_for_arrivals(10)
@@ -499,8 +482,7 @@ async def test_a_stdout_closed_early_changes_neither_the_run_nor_its_exit_code(
         async with Simulator(accounts_of(accounts)) as sim:
             with (tmp_path / "err").open("wb") as err:
                 process = await asyncio.create_subprocess_exec(
-                    *ENGINE, "run", "--no-preflight", str(jobs), "--base-url", sim.base_url or "",
-                    *(["--dry-run"] if dry_run else []),
+                    *ENGINE, *follow_run(jobs, sim), *(["--dry-run"] if dry_run else []),
                     stdin=asyncio.subprocess.DEVNULL, stdout=writer, stderr=err,
                     env=engine_env(accounts),
                 )  # fmt: skip

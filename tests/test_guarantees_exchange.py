@@ -40,6 +40,7 @@ from tests.support import (
     accounts_of,
     canned,
     engine_env,
+    follow_run,
     job_file,
     key_of,
     last_lines,
@@ -381,8 +382,7 @@ async def test_a_retry_after_above_max_retry_after_fails_the_keys_jobs_unsent(
     async with Simulator(accounts_of(accounts)) as sim:
         sim.script(BASE_LEADER, ["http429"])
         run = await run_engine(
-            "run", "--no-preflight", str(jobs), "--base-url", sim.base_url or "",
-            "--max-retry-after", "0.5",
+            *follow_run(jobs, sim), "--max-retry-after", "0.5",
             "--concurrency", "1", env=engine_env(accounts), workdir=tmp_path,
         )  # fmt: skip
     assert run.code == 1, run.output

@@ -17,7 +17,7 @@ from engine.cli import main
 from engine.jobfile import JobFileError, load
 from engine.simulator import Simulator
 from engine.yamlread import printable
-from tests.support import engine_env, job_file, run_engine, secret_of
+from tests.support import engine_env, follow_run, job_file, run_engine, secret_of
 
 SECRET = secret_of("alice")
 ENV = {"XT_ALICE_API_KEY": "key-alice", "XT_ALICE_SECRET_KEY": SECRET}
@@ -81,8 +81,7 @@ async def test_a_credential_no_header_can_carry_is_refused_and_nothing_is_sent(
     async with Simulator() as sim:
         validate = await run_engine("validate", str(jobs), env=env, workdir=tmp_path, name="v")
         run = await run_engine(
-            "run", "--no-preflight", str(jobs), "--base-url", sim.base_url or "",
-            env=env, workdir=tmp_path,
+            *follow_run(jobs, sim), env=env, workdir=tmp_path,
             timeout=20,
         )  # fmt: skip
     expected = f"accounts.alice.{field}: must be printable ASCII without spaces"

@@ -16,6 +16,7 @@ from tests.support import (
     WriteJobs,
     accounts_of,
     engine_env,
+    follow_run,
     outcome_lines,
 )
 
@@ -36,11 +37,7 @@ def interrupt_after_ten(
         results = jobs.parent / "results.jsonl"
         sim = await simulator(accounts_of(ACCOUNTS), SimConfig(latency=latency))
         running = await engines.start(
-            "run",
-            "--no-preflight",
-            str(jobs),
-            "--base-url",
-            sim.base_url or "",
+            *follow_run(jobs, sim),
             "--results",
             str(results),
             env=engine_env(ACCOUNTS),

@@ -20,6 +20,7 @@ from tests.support import (
     WriteJobs,
     accounts_of,
     engine_env,
+    follow_run,
     last_lines,
 )
 
@@ -129,11 +130,7 @@ def run_with_limits(
         jobs = write_jobs(accounts, extra="settings:\n  rate_limit: 1000\n")
         sim = await simulator(accounts_of(accounts), SimConfig(latency=0.2))
         done = await engines.run(
-            "run",
-            "--no-preflight",
-            str(jobs),
-            "--base-url",
-            sim.base_url or "",
+            *follow_run(jobs, sim),
             "--allow-over-limit",
             *extra,
             env=engine_env(accounts),

@@ -6,7 +6,8 @@ import json
 import tracemalloc
 from pathlib import Path
 
-from engine.results import JobState, ResultLog, parse_states
+from engine.past import JobState, parse_states
+from engine.results import ResultLog
 
 
 def line(job: str, status: str = "ok", **extra: object) -> str:
