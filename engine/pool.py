@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from functools import partial
 
-from engine.aio import first_of
+from engine.aio import Turns, first_of
 from engine.campaign import Account, Campaign, FollowJob, Settings
 from engine.client import AmbiguousError, Answer, XtClient
 from engine.clock import Clock, iso_utc, wall_clock
@@ -34,6 +34,10 @@ from engine.sources import JobProgress, JobSource, MemorySource
 
 #: Seconds that requests in flight get to finish after a stop.
 GRACE_SECONDS = 5.0
+#: Keys that start requests in one turn of the event loop at most (each starts what its
+#: limiter lets go at once): those started before leave while more start, rather than all
+#: after all of them have started (``aio.Turns``).
+STARTS_PER_TURN = 8
 #: A clock measured this recently is not measured again.
 CLOCK_SYNC_INTERVAL = 5.0
 
@@ -94,6 +98,7 @@ class WorkerPool:
         self._halted = halted
         self._rng = rng or random.Random()
         self._slots = asyncio.Semaphore(settings.concurrency)
+        self._turns = Turns(STARTS_PER_TURN)
         self._keys: dict[str, _Key] = {}
         self._open: dict[str, _Job] = {}
         self._disabled: dict[str, str] = {}
@@ -174,6 +179,7 @@ class WorkerPool:
 
     async def _dispatch(self, key: _Key) -> None:
         loop = asyncio.get_running_loop()
+        turn: int | None = None
         while not self._stopping.is_set():
             job = await key.queue.get()
             if self._drop_if_disabled(key, job):
@@ -182,6 +188,12 @@ class WorkerPool:
             try:
                 lane = await key.limiter.acquire()
             except BaseException:
+                self._slots.release()
+                raise
+            try:
+                turn = await self._turns.take(turn)
+            except BaseException:
+                key.limiter.release(lane)
                 self._slots.release()
                 raise
             # The account may have been rejected, or the run stopped, while this one waited.
