@@ -11,8 +11,11 @@ The exchange counts arrivals, not admissions, and a request can leave well after
 it was admitted (a burst's new connections, a busy event loop, a lost SYN). With
 ``track_sends`` the caller reports when each request left (``sent``) or that it is
 done with it (``release``); until then its lane admits nothing, and after ``sent``
-nothing for one period. Lanes are made as first used, so a limit lifted to
-100,000/s costs nothing up front.
+nothing for one period. The period's margin is a guess at how much later one request
+may arrive than another sent as soon after it left; an answer is proof: a request
+answered had arrived before its answer came. So the caller also reports each answer
+(``answered``), and the lane may go again one window after it, when that is sooner.
+Lanes are made as first used, so a limit lifted to 100,000/s costs nothing up front.
 
 The margin starts at ``settings.margin`` and ``widen`` doubles it when the exchange
 still answered 429 (a jittery link bunches arrivals by more than the margin), so a run
@@ -37,9 +40,9 @@ MAX_MARGIN = 1.0
 
 
 class Limiter(Protocol):
-    """One limit's gate: wait for a slot (``acquire``), say the request left (``sent``) or
-    never will (``release``), hold back after a 429 (``pause``), give jitter more room
-    (``widen``)."""
+    """One limit's gate: wait for a slot (``acquire``), say the request left (``sent``),
+    was answered (``answered``) or never will leave (``release``), hold back after a 429
+    (``pause``), give jitter more room (``widen``)."""
 
     #: Seconds between two requests of one slot: the window, margin included.
     period: float
@@ -48,6 +51,8 @@ class Limiter(Protocol):
     async def acquire(self) -> int: ...
 
     def sent(self, lane: int) -> None: ...
+
+    def answered(self, lane: int) -> None: ...
 
     def release(self, lane: int) -> None: ...
 
@@ -59,10 +64,16 @@ class Limiter(Protocol):
 @dataclass(slots=True, eq=False)
 class _Lane:
     bucket: AsyncLimiter
-    #: No admission before this loop time: its last request left, plus one period.
+    #: No admission before this loop time: its last request left, plus one period; or it
+    #: was answered, plus one window.
     free_at: float = 0.0
     #: Set while the lane's last admitted request has neither left nor been released.
     held: asyncio.Event | None = None
+    #: The token ``acquire`` gave the lane's last admission: news of any other is about an
+    #: earlier request of the lane, and changes nothing.
+    token: int = -1
+    #: Whether the lane's last admitted request left (an answer to it counts then).
+    left: bool = False
 
 
 class KeyLimiter:
@@ -82,24 +93,38 @@ class KeyLimiter:
         self.window = window
         self.track_sends = track_sends
         self._count = max(1, math.floor(rate * window))
+        #: Seconds between two arrivals of one lane that the rule needs: at most ``_count``
+        #: in any window, and at most ``rate`` per second (0.5/s: one in any 2 s).
+        self._span = max(self.window, self._count / self.rate)
         self.margin = margin
-        #: Seconds between two requests of one lane.
-        self.period = self._period()
+        #: The margin that ``widen`` has added since.
+        self._added = 0.0
+        #: Seconds between two requests of one lane, from the first leaving.
+        self.period = self._span * (1 + self.margin)
         self._lanes: list[_Lane] = []
-        self._next_lane = 0
+        self._admissions = 0
         self._paused_until = 0.0
 
-    def _period(self) -> float:
-        return max(self.window, self._count / self.rate) * (1 + self.margin)
+    def _answer_gap(self) -> float:
+        """Seconds from an answer to the lane's next request: the span, and what ``widen``
+        added to the margin (a 429 says the exchange counts otherwise than we think)."""
+        return self._span * (1 + self._added)
+
+    def _bucket(self) -> AsyncLimiter:
+        """A lane's own pace of admissions. When sends are tracked, ``free_at`` and ``held``
+        keep the margin and the bucket only the rule, so that an answer can free a lane early."""
+        return AsyncLimiter(1, self._answer_gap() if self.track_sends else self.period)
 
     async def acquire(self) -> int:
-        """Wait until one more request may be sent now; send it straight after. Returns its
-        lane, for ``sent`` and ``release`` when tracking sends."""
+        """Wait until one more request may be sent now; send it straight after. Returns a
+        token naming its lane and this admission, for ``sent``, ``answered`` and
+        ``release`` when tracking sends."""
         loop = asyncio.get_running_loop()
-        index = self._next_lane
-        self._next_lane = (index + 1) % self._count
+        token = self._admissions
+        self._admissions += 1
+        index = token % self._count
         if index == len(self._lanes):
-            self._lanes.append(_Lane(AsyncLimiter(1, self.period)))
+            self._lanes.append(_Lane(self._bucket()))
         lane = self._lanes[index]
         while True:
             if (wait := self._paused_until - loop.time()) > 0:
@@ -111,20 +136,38 @@ class KeyLimiter:
                 else:
                     await asyncio.sleep(lane.free_at - loop.time())
             if self._paused_until <= loop.time():
+                lane.token, lane.left = token, False
                 if self.track_sends:
                     lane.held = asyncio.Event()
-                return index
+                return token
             # Paused while queued: the lane's slot is forfeit, take a fresh one after the pause.
 
+    def _lane(self, token: int) -> _Lane | None:
+        """The lane of admission ``token``, unless it has admitted another since."""
+        lane = self._lanes[token % self._count]
+        return lane if lane.token == token else None
+
     def sent(self, lane: int) -> None:
-        """The request admitted on ``lane`` left just now: the lane waits one period from here."""
-        self._lanes[lane].free_at = asyncio.get_running_loop().time() + self.period
+        """The request admitted as ``lane`` left just now: its lane waits one period from here."""
+        if (admitted := self._lane(lane)) is not None:
+            admitted.free_at = asyncio.get_running_loop().time() + self.period
+            admitted.left = True
         self.release(lane)
 
+    def answered(self, lane: int) -> None:
+        """The request admitted as ``lane`` was answered just now, so it had arrived: its
+        lane may go again one window from here, if that is sooner than one period after it
+        left. Whatever the jitter, the exchange sees the two at least a window apart."""
+        admitted = self._lane(lane)
+        if admitted is not None and admitted.left:
+            since = asyncio.get_running_loop().time() + self._answer_gap()
+            admitted.free_at = min(admitted.free_at, since)
+
     def release(self, lane: int) -> None:
-        """Done with the request admitted on ``lane`` (sent or not): stop holding the lane."""
-        held, self._lanes[lane].held = self._lanes[lane].held, None
-        if held is not None:
+        """Done with the request admitted as ``lane`` (sent or not): stop holding its lane."""
+        admitted = self._lane(lane)
+        if admitted is not None and admitted.held is not None:
+            held, admitted.held = admitted.held, None
             held.set()
 
     def pause(self, seconds: float) -> None:
@@ -135,12 +178,13 @@ class KeyLimiter:
     def widen(self) -> float:
         """Double the margin (at least +5 points, at most ``MAX_MARGIN``), from now on and for
         the requests already sent; the new margin."""
-        old = self.period
+        old = self.margin
         self.margin = min(MAX_MARGIN, max(2 * self.margin, self.margin + DEFAULT_MARGIN))
-        self.period = self._period()
-        longer = self.period - old
+        self._added += self.margin - old
+        longer = self._span * (self.margin - old)
+        self.period += longer
         for lane in self._lanes:
-            lane.bucket = AsyncLimiter(1, self.period)
+            lane.bucket = self._bucket()
             if lane.free_at:
                 lane.free_at += longer
         return self.margin

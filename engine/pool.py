@@ -231,7 +231,7 @@ class WorkerPool:
         progress.attempts += 1
         job.left = False
         started = loop.time()
-        outcome: Answer | Exception
+        outcome: Answer | Exception | None = None
         try:
             on_sent = partial(self._left, key, job, lane)
             if progress.job.action == "unfollow":
@@ -245,8 +245,11 @@ class WorkerPool:
         except Exception as exc:  # a TransportError, or anything: no job is ever left open
             outcome = exc
         finally:
+            if isinstance(outcome, Answer):  # it had arrived: its lane may count from now
+                key.limiter.answered(lane)
             key.limiter.release(lane)
             self._slots.release()
+        assert outcome is not None
         job.in_flight = False
         job.latency = loop.time() - started
         reached = job.left or isinstance(outcome, (Answer, AmbiguousError))

@@ -112,3 +112,74 @@ async def test_a_released_lane_frees_without_waiting_a_period() -> None:
     limiter.release(lane)  # never sent
     [second] = await waiter
     assert second - start == pytest.approx(1.0)  # only the lane's bucket period
+
+
+@pytest.mark.looptime
+async def test_an_answer_frees_its_lane_one_window_after_it() -> None:
+    """An answer proves its request had arrived: a request sent a window later arrives a window
+    later at least, whatever the jitter, so the lane need not also wait out the margin."""
+    loop = asyncio.get_running_loop()
+    limiter = KeyLimiter(1, margin=0.05, track_sends=True)
+    start = loop.time()
+    lane = await limiter.acquire()
+    limiter.sent(lane)
+    await asyncio.sleep(0.02)
+    limiter.answered(lane)
+    await limiter.acquire()
+    assert loop.time() - start == pytest.approx(1.02)
+
+
+@pytest.mark.looptime
+async def test_a_slow_answer_does_not_hold_its_lane_past_the_period() -> None:
+    loop = asyncio.get_running_loop()
+    limiter = KeyLimiter(1, margin=0.05, track_sends=True)
+    start = loop.time()
+    lane = await limiter.acquire()
+    limiter.sent(lane)
+    await asyncio.sleep(0.3)
+    limiter.answered(lane)
+    await limiter.acquire()
+    assert loop.time() - start == pytest.approx(1.05)
+
+
+@pytest.mark.looptime
+async def test_an_answer_to_an_earlier_request_of_the_lane_changes_nothing() -> None:
+    loop = asyncio.get_running_loop()
+    limiter = KeyLimiter(1, margin=0.05, track_sends=True)
+    start = loop.time()
+    first = await limiter.acquire()
+    limiter.sent(first)
+    second = await limiter.acquire()
+    limiter.sent(second)  # at 1.05
+    limiter.answered(first)  # late news of the first: says nothing of when the second arrived
+    await limiter.acquire()
+    assert loop.time() - start == pytest.approx(2.1)
+
+
+@pytest.mark.looptime
+async def test_an_answer_before_its_request_left_changes_nothing() -> None:
+    loop = asyncio.get_running_loop()
+    limiter = KeyLimiter(1, margin=0.05, track_sends=True)
+    start = loop.time()
+    lane = await limiter.acquire()
+    limiter.answered(lane)  # no request left: nothing arrived
+    await asyncio.sleep(0.5)
+    limiter.sent(lane)
+    await limiter.acquire()
+    assert loop.time() - start == pytest.approx(1.55)
+
+
+@pytest.mark.looptime
+async def test_a_widened_margin_also_lengthens_the_wait_after_an_answer() -> None:
+    """A 429 says the exchange counts otherwise than the rule assumed: the room added to the
+    margin is added after an answer too."""
+    loop = asyncio.get_running_loop()
+    limiter = KeyLimiter(1, margin=0.05, track_sends=True)
+    assert limiter.widen() == pytest.approx(0.1)
+    start = loop.time()
+    lane = await limiter.acquire()
+    limiter.sent(lane)
+    await asyncio.sleep(0.02)
+    limiter.answered(lane)
+    await limiter.acquire()
+    assert loop.time() - start == pytest.approx(1.07)

@@ -129,3 +129,42 @@ async def test_on_a_wide_campaign_the_first_request_leaves_before_most_start(
     assert started_first <= 8 * STARTS_PER_TURN * 4
     assert started_first < 2000 // 4
 
+
+class Answering(XtClient):
+    """A client whose requests leave at once and are answered ``latency`` seconds later."""
+
+    def __init__(self, latency: float, left: list[float]) -> None:
+        super().__init__("http://unused", V4)
+        self.latency, self.left = latency, left
+
+    async def follow(
+        self,
+        api_key: str,
+        secret_key: str,
+        params: Mapping[str, Any],
+        on_sent: Callable[[], None] | None = None,
+    ) -> Answer:
+        assert on_sent is not None
+        on_sent()
+        self.left.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(self.latency)
+        return Answer(200, Envelope(0, "SUCCESS", [], True))
+
+
+@pytest.mark.looptime
+async def test_the_pool_tells_each_answer_to_the_limiter(tmp_path: Path) -> None:
+    """Answered 20 ms after leaving, a key's second window goes 20 ms plus one window after
+    its first, not one period (5 % margin) after."""
+    campaign = make_campaign({"alice": 20}, tmp_path)
+    left: list[float] = []
+    log = ResultLog(tmp_path / "r.jsonl")
+    log.open()
+    try:
+        stats = await WorkerPool(campaign, Answering(0.02, left), Collector(log)).process(
+            campaign.jobs
+        )
+    finally:
+        log.close()
+    assert stats.ok == 20
+    assert left[10] - left[0] == pytest.approx(1.02)
+    assert all(b - a >= 1.0 for a, b in zip(left, left[10:], strict=False))
