@@ -1,9 +1,10 @@
 """The XT client: signs one follow request, sends it, and says what came back.
 
-It knows nothing of job files, limits or retries. Every outcome is one of three
-kinds, because what may be done next depends on which: the request never left
-(``NotSentError``), it left but no answer came (``AmbiguousError``), or the
-exchange answered (an ``Answer``, whatever its status).
+It knows nothing of job files, limits or retries. What it can say of a request is in
+``engine.answers``: the exchange's ``Answer``, or that the request never left
+(``NotSentError``) or left without an answer (``AmbiguousError``). The caller may hold a
+request back until the very moment it is written (``ready``), and hears when it is
+(``on_sent``).
 """
 
 from __future__ import annotations
@@ -13,60 +14,44 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import timezone
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
-from typing import Any
 
 import aiohttp
-from aiohttp.abc import AbstractStreamWriter
 
+from engine.answers import (
+    AmbiguousError,
+    Answer,
+    Envelope,
+    NotSentError,
+    TransportError,
+    Withheld,
+    XtError,
+    parse_envelope,
+    retry_after,
+)
 from engine.campaign import FollowValue
 from engine.profiles import CANCEL_FOLLOW_PATH, TIME_PATH, ApiProfile
 from engine.signing import HEADER_PREFIXES, query_string, signed_headers
+from engine.wire import MAX_BODY, Ready, SentBody, describe, read_capped
+
+__all__ = [
+    "MAX_BODY",
+    "AmbiguousError",
+    "Answer",
+    "Envelope",
+    "NotSentError",
+    "PreparedRequest",
+    "Ready",
+    "TransportError",
+    "Withheld",
+    "XtClient",
+    "XtError",
+    "encode_body",
+    "parse_envelope",
+    "retry_after",
+]
 
 _EXCERPT = 200
-#: An envelope is a few hundred bytes; a body past this is not one, and is not read further.
-MAX_BODY = 1 << 20
-
-
-class XtError(Exception):
-    """Base of everything the client raises. Messages never hold secrets."""
-
-
-class TransportError(XtError):
-    """No answer came back."""
-
-
-class NotSentError(TransportError):
-    """The request never reached the exchange (connection refused, connect timeout)."""
-
-
-class AmbiguousError(TransportError):
-    """The request left but no answer came: the exchange may have acted on it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    rc: int
-    mc: str
-    ma: list[Any]
-    result: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """An HTTP response. ``envelope`` is None when the body was not XT's JSON envelope."""
-
-    http_status: int
-    envelope: Envelope | None
-    retry_after: float | None = None
-    #: The start of a body that was not an envelope, for the record.
-    excerpt: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.http_status == 200 and self.envelope is not None and self.envelope.rc == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,33 +81,6 @@ def encode_body(params: Mapping[str, FollowValue]) -> str:
             text = json.dumps(value)
         parts.append(f"{json.dumps(name)}:{text}")
     return "{" + ",".join(parts) + "}"
-
-
-def parse_envelope(data: Any) -> Envelope | None:
-    if not isinstance(data, dict):
-        return None
-    rc, mc = data.get("rc"), data.get("mc")
-    if isinstance(rc, bool) or not isinstance(rc, int) or not isinstance(mc, str):
-        return None
-    ma = data.get("ma")
-    return Envelope(rc=rc, mc=mc, ma=ma if isinstance(ma, list) else [], result=data.get("result"))
-
-
-def retry_after(value: str | None, clock: Callable[[], float]) -> float | None:
-    """Seconds to wait from a ``Retry-After``: delay-seconds, or an HTTP-date (read against
-    ``clock``, epoch seconds); None when absent or unreadable. Never negative."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isascii() and text.isdigit():
-        return float(text)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # RFC 9110: an HTTP-date is GMT
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, when.timestamp() - clock())
 
 
 class XtClient:
@@ -156,7 +114,12 @@ class XtClient:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                # XT's API sets no cookies to send back: no jar to fill and filter per request.
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
         return self._session
 
     async def close(self) -> None:
@@ -223,10 +186,13 @@ class XtClient:
         secret_key: str,
         params: Mapping[str, FollowValue],
         on_sent: Callable[[], None] | None = None,
+        *,
+        ready: Ready | None = None,
     ) -> Answer:
         """Send one follow, signed afresh. Raises ``TransportError`` when no answer came.
-        ``on_sent`` is called as the request is written to the connection."""
-        return await self.send(self.prepare(api_key, secret_key, params), on_sent)
+        ``ready`` is awaited right before the request is written, ``on_sent`` called as it
+        is: the request may be signed and given a connection long before it leaves."""
+        return await self.send(self.prepare(api_key, secret_key, params), on_sent, ready=ready)
 
     async def unfollow(
         self,
@@ -234,16 +200,23 @@ class XtClient:
         secret_key: str,
         leader_id: int,
         on_sent: Callable[[], None] | None = None,
+        *,
+        ready: Ready | None = None,
     ) -> Answer:
         """Stop following ``leader_id``, signed afresh; as ``follow`` otherwise."""
-        return await self.send(self.prepare_cancel(api_key, secret_key, leader_id), on_sent)
+        request = self.prepare_cancel(api_key, secret_key, leader_id)
+        return await self.send(request, on_sent, ready=ready)
 
     async def send(
-        self, request: PreparedRequest, on_sent: Callable[[], None] | None = None
+        self,
+        request: PreparedRequest,
+        on_sent: Callable[[], None] | None = None,
+        *,
+        ready: Ready | None = None,
     ) -> Answer:
         """Send a request prepared (signed) just now. Raises ``TransportError`` when no
-        answer came. ``on_sent`` is called as the request is written to the connection."""
-        return await self._send(request, on_sent)
+        answer came; ``ready`` and ``on_sent`` as for ``follow``."""
+        return await self._send(request, on_sent, ready)
 
     async def server_time_ms(self) -> int:
         """The exchange's clock (``GET /v4/public/time``)."""
@@ -264,11 +237,15 @@ class XtClient:
         return self.clock_offset_ms
 
     async def _send(
-        self, request: PreparedRequest, on_sent: Callable[[], None] | None = None
+        self,
+        request: PreparedRequest,
+        on_sent: Callable[[], None] | None = None,
+        ready: Ready | None = None,
     ) -> Answer:
         body = request.body.encode()
         # Also an empty body, for a GET: its write is how ``on_sent`` learns the request left.
-        data = _SentBody(body, on_sent) if on_sent is not None else body or None
+        hooked = on_sent is not None or ready is not None
+        data = SentBody(body, on_sent, ready) if hooked else body or None
         try:
             async with self.session.request(
                 request.method,
@@ -279,53 +256,21 @@ class XtClient:
                 # A redirect would carry the key and signature to wherever it points.
                 allow_redirects=False,
             ) as response:
-                raw = await _read_capped(response)
+                raw = await read_capped(response)
                 status = response.status
                 wait = retry_after(response.headers.get("Retry-After"), self._clock)
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise NotSentError(f"not sent: {_describe(exc)}") from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise AmbiguousError(f"no answer after the request left: {_describe(exc)}") from None
+            if isinstance(data, SentBody) and data.withheld is not None:
+                raise data.withheld from None
+            unwritten = isinstance(data, SentBody) and not data.written
+            if unwritten or isinstance(
+                exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+            ):
+                raise NotSentError(f"not sent: {describe(exc)}") from None
+            raise AmbiguousError(f"no answer after the request left: {describe(exc)}") from None
         try:
             envelope = parse_envelope(json.loads(raw))
         except (ValueError, RecursionError):
             envelope = None
         excerpt = None if envelope else raw[:_EXCERPT].decode("utf-8", "replace")
         return Answer(status, envelope, wait, excerpt)
-
-
-class _SentBody(aiohttp.BytesPayload):
-    """A request body that says when it is written to the connection: the moment the request
-    leaves, after any wait for a connection or for the event loop. (aiohttp's tracing would
-    say the same at several times the cost per request.)"""
-
-    def __init__(self, body: bytes, on_sent: Callable[[], None]) -> None:
-        super().__init__(body, content_type="application/json")
-        self._on_sent = on_sent
-
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        self._on_sent()
-        await super().write(writer)
-
-    async def write_with_length(
-        self, writer: AbstractStreamWriter, content_length: int | None
-    ) -> None:
-        self._on_sent()
-        await super().write_with_length(writer, content_length)
-
-
-async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
-    """The body, or its first ``MAX_BODY`` bytes and no more."""
-    chunks, size = [], 0
-    async for chunk in response.content.iter_chunked(1 << 16):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_BODY:
-            break
-    return b"".join(chunks)[:MAX_BODY]
-
-
-def _describe(exc: BaseException) -> str:
-    """The exception's class and message; aiohttp's carry URLs at most, never headers."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

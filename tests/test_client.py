@@ -8,6 +8,7 @@ instead. The exchange's clock stands still at ``NOW_MS``, where the client's is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections import deque
@@ -19,7 +20,7 @@ from decimal import Decimal
 import pytest
 from aiohttp import web
 
-from engine.client import AmbiguousError, NotSentError, XtClient, XtError
+from engine.client import AmbiguousError, NotSentError, Withheld, XtClient, XtError
 from engine.profiles import TIME_PATH, V1, V4
 from engine.signing import sign, signature_payload
 from engine.simulator import DROP_BEFORE, INVALID_PARAMETER, SLOW, SimConfig, Simulator
@@ -270,3 +271,45 @@ async def test_a_huge_body_is_cut_and_read_as_not_an_envelope(client: XtClient, 
     answer = await client.follow(KEY, SECRET, PARAMS)
     assert answer.envelope is None
     assert len(answer.excerpt or "") == 200
+
+
+async def test_a_request_waits_for_ready_and_is_written_only_then(
+    client: XtClient, exchange: Simulator
+) -> None:
+    said: list[str] = []
+
+    async def ready() -> None:
+        said.append("ready?")
+        await asyncio.sleep(0.05)
+        assert exchange.arrivals == []  # signed and connected, not yet written
+        said.append("go")
+
+    answer = await client.follow(KEY, SECRET, PARAMS, lambda: said.append("sent"), ready=ready)
+    assert answer.ok and said == ["ready?", "go", "sent"]
+    assert len(exchange.arrivals) == 1
+
+
+async def test_a_request_withheld_by_ready_never_leaves(
+    client: XtClient, exchange: Simulator, tap: Tap
+) -> None:
+    async def ready() -> None:
+        raise Withheld("not sent: held back")
+
+    with pytest.raises(Withheld, match="held back"):
+        await client.follow(KEY, SECRET, PARAMS, lambda: None, ready=ready)
+    assert tap.requests == [] and exchange.arrivals == []
+
+
+async def test_a_request_held_back_past_its_timeout_was_not_sent(
+    exchange: Simulator, tap: Tap
+) -> None:
+    """Its time ran out before it was written: not sent, never ambiguous."""
+
+    async def ready() -> None:
+        await asyncio.sleep(1)
+
+    async with XtClient(url(exchange), V4, timeout=0.1) as client:
+        with pytest.raises(NotSentError) as raised:
+            await client.follow(KEY, SECRET, PARAMS, lambda: None, ready=ready)
+    assert not isinstance(raised.value, AmbiguousError)
+    assert tap.requests == []
