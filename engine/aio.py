@@ -20,14 +20,13 @@ async def first_of(*awaitables: Awaitable[object], timeout: float | None = None)
 
 class Turns:
     """At most ``per_turn`` callers start work in each turn of the event loop; the others
-    wait, in order, for the next turns. A caller that took a turn may go on starting more in
-    it (``take(last=...)``).
+    wait, in order, for the next turns. What a caller starts in the turn it took (``turn``
+    is still the one ``take`` returned) is up to it.
 
     Work that becomes ready all at once (2,000 requests whose limiters let them all go) would
     otherwise run breadth first: every request does its first step (sign, connect) before any
     does its second, so the first request leaves only once every connection is open. Taking
-    turns lets the requests started earlier leave while later ones start; a key's burst, let
-    go at once by its limiter, still goes together, so that its requests arrive together.
+    turns lets the requests started earlier leave while later ones start.
     """
 
     def __init__(self, per_turn: int) -> None:
@@ -40,11 +39,8 @@ class Turns:
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._turn_ends = False
 
-    async def take(self, last: int | None = None) -> int:
-        """Go on in this turn if it is ``last`` (the turn the caller took before), or start in
-        it if it has room, else in the first turn that has; the turn's number."""
-        if last == self.turn:
-            return last
+    async def take(self) -> int:
+        """Start in this turn if it has room, else in the first turn that has; its number."""
         if self._left and not self._waiting:
             self._left -= 1
             self._end_turn_soon()

@@ -1,12 +1,11 @@
 """The worker pool: every job through its key's limiter, as fast as allowed.
 
-Jobs come from a ``JobSource`` as they fall due. One dispatcher per limit takes that
-limit's jobs in order, waits for a concurrency slot and for its limiter, and starts the
-attempt without waiting for it, so a key keeps several requests in flight and a slow or
-throttled key never holds up another. After each attempt ``policy`` says what the outcome
-means and what comes next (a ``Step``); the pool only carries steps out: a retry goes back
-to the source and comes round through the limiter again, signed afresh. Finished jobs go
-to the collector.
+Jobs come from a ``JobSource`` as they fall due. One dispatcher per limit takes its jobs in
+order and prepares each attempt ahead (signed, given a connection, its request waiting to be
+written), so that it leaves the moment the limiter lets it go. After each attempt ``policy``
+says what the outcome means and what comes next (a ``Step``); the pool only carries steps
+out: a retry comes round through the limiter again, signed afresh. Finished jobs go to the
+collector.
 """
 
 from __future__ import annotations
@@ -17,60 +16,37 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
 from functools import partial
 
 from engine.aio import Turns, first_of
-from engine.campaign import Account, Campaign, FollowJob, Settings
-from engine.client import AmbiguousError, Answer, XtClient
+from engine.answers import Answer, Withheld
+from engine.campaign import Account, Campaign, FollowJob
+from engine.client import XtClient
 from engine.clock import Clock, iso_utc, wall_clock
 from engine.collector import CampaignStats, Collector, KeyStats
 from engine.gctune import collector_tuned
-from engine.limiter import Limiter, Limits, LocalLimits
-from engine.policy import Decision, Step, Verdict, escalate, judge, scrub
-from engine.profiles import ACCOUNT_ENDPOINTS_RATE
+from engine.limiter import Limits
+from engine.policy import Decision, Step, Verdict
+from engine.pooljobs import HeldJob, KeyWork, job_line, local_limits, next_step
 from engine.results import JobResult
 from engine.sources import JobProgress, JobSource, MemorySource
 
+__all__ = ["BURST_PER_TURN", "KEYS_PER_TURN", "PREPARED_AHEAD", "WorkerPool", "local_limits"]
+
 #: Seconds that requests in flight get to finish after a stop.
 GRACE_SECONDS = 5.0
-#: Keys that start requests in one turn of the event loop at most (each starts what its
-#: limiter lets go at once): those started before leave while more start, rather than all
-#: after all of them have started (``aio.Turns``).
-STARTS_PER_TURN = 8
+#: Keys that start requests in one turn of the event loop at most, and requests one key
+#: starts in a turn at most: those started before leave while more start, rather than all
+#: after all have started (``aio.Turns``); a key's burst (XT: 10) goes together.
+KEYS_PER_TURN = 8
+BURST_PER_TURN = 10
+#: Attempts of one key prepared ahead of the limiter letting them go: its next window.
+PREPARED_AHEAD = 10
+#: A prepared request signed longer ago than this share of the receive window when the
+#: limiter lets it go (held back by a pause) is withheld and prepared again, signed afresh.
+STALE_SHARE = 0.5
 #: A clock measured this recently is not measured again.
 CLOCK_SYNC_INTERVAL = 5.0
-
-
-@dataclass(slots=True, eq=False)
-class _Key:
-    """One limit's share of the work."""
-
-    limiter: Limiter
-    queue: asyncio.Queue[_Job]
-    stats: KeyStats
-    #: Set when the limit's remaining jobs are to fail unsent, and why.
-    disabled: str | None = None
-    #: Loop time the limiter's margin was last widened: a 429 to a request admitted before
-    #: then tells of the old margin only, already widened.
-    widened_at: float = float("-inf")
-
-
-@dataclass(slots=True, eq=False)
-class _Job:
-    """A job the pool holds: its progress, and what it knows of the current attempt."""
-
-    progress: JobProgress
-    account: Account
-    key: _Key
-    in_flight: bool = False
-    #: Loop time the limiter admitted the current attempt.
-    admitted_at: float = 0.0
-    #: The current attempt's request was written to the connection.
-    left: bool = False
-    latency: float | None = None
-    answer: Answer | None = None
-    decision: Decision | None = None
 
 
 class WorkerPool:
@@ -87,7 +63,7 @@ class WorkerPool:
         limits: Limits | None = None,
     ) -> None:
         """``halted`` says, synchronously, that a stop was asked for (a signal handler may
-        have seen it before the loop did): no request starts once it is true."""
+        have seen it before the loop did): no request leaves once it is true."""
         self.campaign = campaign
         self.settings = settings = campaign.settings
         self.client = client
@@ -98,9 +74,10 @@ class WorkerPool:
         self._halted = halted
         self._rng = rng or random.Random()
         self._slots = asyncio.Semaphore(settings.concurrency)
-        self._turns = Turns(STARTS_PER_TURN)
-        self._keys: dict[str, _Key] = {}
-        self._open: dict[str, _Job] = {}
+        self._turns = Turns(KEYS_PER_TURN)
+        self._stale_after = settings.recv_window_ms / 1000 * STALE_SHARE
+        self._keys: dict[str, KeyWork] = {}
+        self._open: dict[str, HeldJob] = {}
         self._disabled: dict[str, str] = {}
         self._risk_strikes: Counter[str] = Counter()
         self._source: JobSource = MemorySource(())
@@ -151,18 +128,20 @@ class WorkerPool:
         job = self._open.get(progress.job.id)
         if job is None:
             account = self.campaign.accounts[progress.job.account]
-            job = self._open[progress.job.id] = _Job(progress, account, self._key_for(account))
-        job.key.queue.put_nowait(job)
+            job = self._open[progress.job.id] = HeldJob(progress, account, self._key_for(account))
+        job.key.put(job)
 
-    def _key_for(self, account: Account) -> _Key:
+    def _key_for(self, account: Account) -> KeyWork:
         name, label = self.limits.key_of(account.api_key, account.name)
         key = self._keys.get(name)
         if key is None:
             limiter = self.limits.limiter(name)
-            key = _Key(limiter, asyncio.Queue(), KeyStats(label, limiter.period))
+            stats = KeyStats(label, limiter.period)
+            key = KeyWork(limiter, stats, ahead=PREPARED_AHEAD)
             self._keys[name] = key
             self.stats.keys[name] = key.stats
-            self._spawn(self._dispatch(key), self._dispatchers)
+            self._spawn(self._prepare(key), self._dispatchers)
+            self._spawn(self._admit(key), self._dispatchers)
         return key
 
     def _spawn(self, work: Coroutine[None, None, None], tasks: set[asyncio.Task[None]]) -> None:
@@ -177,114 +156,140 @@ class WorkerPool:
             self.stats.internal_error = self.stats.internal_error or f"internal error: {exc!r}"
             self.stop()
 
-    async def _dispatch(self, key: _Key) -> None:
-        loop = asyncio.get_running_loop()
-        turn: int | None = None
-        while not self._stopping.is_set():
-            job = await key.queue.get()
-            if self._drop_if_disabled(key, job):
-                continue
-            await self._slots.acquire()
-            try:
-                lane = await key.limiter.acquire()
-            except BaseException:
-                self._slots.release()
-                raise
-            try:
-                turn = await self._turns.take(turn)
-            except BaseException:
-                key.limiter.release(lane)
-                self._slots.release()
-                raise
-            # The account may have been rejected, or the run stopped, while this one waited.
-            if self._stopping.is_set() or self._halted() or self._drop_if_disabled(key, job):
-                key.limiter.release(lane)
-                self._slots.release()
-                continue
-            job.admitted_at = loop.time()
-            key.stats.sent_at(job.admitted_at)
-            job.in_flight = True
-            self._spawn(self._attempt(key, job, lane), self._in_flight)
+    async def _prepare(self, key: KeyWork) -> None:
+        """Prepare the key's jobs in order, as far ahead as ``KeyWork.room`` allows."""
+        turn, started = -1, 0
+        try:
+            while not self._stopping.is_set():
+                if not key.room():
+                    key.changed.clear()
+                    await key.changed.wait()
+                    continue
+                await key.job_due()
+                while (pause := key.paused_until - asyncio.get_running_loop().time()) > 1e-3:
+                    await asyncio.sleep(pause)  # signed now, it would wait the pause out
+                await self._slots.acquire()
+                if turn != self._turns.turn or started == BURST_PER_TURN:
+                    try:
+                        turn, started = await self._turns.take(), 0
+                    except BaseException:
+                        self._slots.release()
+                        raise
+                started += 1
+                if self._stopping.is_set() or self._halted():
+                    self._slots.release()
+                    continue
+                job = key.next_job()
+                if self._drop_if_disabled(key, job):
+                    self._slots.release()
+                    continue
+                self._spawn(self._attempt(key, job, key.prepare(job)), self._in_flight)
+        finally:
+            key.withhold_prepared()
 
-    def _drop_if_disabled(self, key: _Key, job: _Job) -> bool:
+    async def _admit(self, key: KeyWork) -> None:
+        """Let the key's prepared jobs go, in order, as its limiter admits them."""
+        while not self._stopping.is_set():
+            if not key.prepared:
+                key.filled.clear()
+                await key.filled.wait()
+                continue
+            withheld = await key.admit(self._stale_after, self._hold_back)
+            if withheld is not None and not self._stopping.is_set():
+                key.put(withheld, again=True)  # prepared afresh, or dropped, in its turn
+
+    def _hold_back(self, job: HeldJob) -> str | None:
+        """Why ``job``, let go by its limiter, must not leave after all, if it must not (its
+        account or limit given up: it fails unsent when next taken)."""
+        if self._stopping.is_set() or self._halted():
+            return "not sent: the run stopped"
+        return job.key.disabled or self._disabled.get(job.account.name)
+
+    def _drop_if_disabled(self, key: KeyWork, job: HeldJob) -> bool:
         """Fail ``job`` unsent if its account or its limit was given up; True if so."""
         reason = key.disabled or self._disabled.get(job.account.name)
         if reason is not None:
             self._finish(key, job, Decision(Verdict.FAIL, reason))
         return reason is not None
 
-    async def _attempt(self, key: _Key, job: _Job, lane: int) -> None:
+    async def _attempt(self, key: KeyWork, job: HeldJob, gate: asyncio.Future[int]) -> None:
         loop = asyncio.get_running_loop()
-        progress, account = job.progress, job.account
-        if self._halted():  # a stop came since this was dispatched: it never starts
-            key.limiter.release(lane)
-            self._slots.release()
-            job.in_flight = False
-            return
-        if progress.attempts == 0 and not self.collector.intend(self._line(job, "sending")):
-            # Not even its intent could be recorded: it must not leave.
-            key.limiter.release(lane)
-            self._slots.release()
-            job.in_flight = False
-            self.stop()
-            return
-        progress.attempts += 1
-        job.left = False
-        started = loop.time()
+        progress = job.progress
+        attempts = progress.attempts
         outcome: Answer | Exception | None = None
         try:
-            on_sent = partial(self._left, key, job, lane)
-            if progress.job.action == "unfollow":
-                outcome = await self.client.unfollow(
-                    account.api_key, account.secret_key, progress.job.leader_id, on_sent
-                )
-            else:
-                outcome = await self.client.follow(
-                    account.api_key, account.secret_key, progress.job.params, on_sent
-                )
+            outcome = await self._send(key, job, gate)
+        except Withheld:
+            outcome = None
         except Exception as exc:  # a TransportError, or anything: no job is ever left open
             outcome = exc
         finally:
-            if isinstance(outcome, Answer):  # it had arrived: its lane may count from now
-                key.limiter.answered(lane)
-            key.limiter.release(lane)
+            if not gate.done():
+                gate.cancel()  # never let go: its turn is passed by
+            if not gate.cancelled() and gate.exception() is None:  # let go: done with its lane
+                lane = gate.result()
+                if isinstance(outcome, Answer):  # it had arrived: its lane may count from now
+                    key.limiter.answered(lane)
+                key.limiter.release(lane)
+                key.busy -= 1
+                key.changed.set()
             self._slots.release()
-        assert outcome is not None
+        if outcome is None:  # withheld: no attempt was made; whoever withheld it said what next
+            if job.gate is gate:
+                job.in_flight = False
+            return
         job.in_flight = False
-        job.latency = loop.time() - started
-        reached = job.left or isinstance(outcome, (Answer, AmbiguousError))
-        progress.sent |= reached
-        job.answer = outcome if isinstance(outcome, Answer) else None
-        decision = job.decision = judge(outcome, left=reached)
-        progress.ambiguous |= decision.ambiguous
-        progress.skews += decision.resync_clock
-        self._risk_strikes[account.name] += decision.risk_control
-        step = escalate(
-            decision,
-            account=account.name,
-            attempts=progress.attempts,
-            max_attempts=self.settings.max_attempts,
-            skews=progress.skews,
-            risk_strikes=self._risk_strikes[account.name],
+        if progress.attempts == attempts:  # failed before it could leave: an attempt still
+            progress.attempts += 1
+        job.latency = loop.time() - (job.departed_at or job.prepared_at)
+        step = next_step(
+            job,
+            outcome,
+            self.settings,
+            self._risk_strikes,
             stopping=self._stopping.is_set(),
-            max_retry_after=self.settings.max_retry_after,
             period=key.limiter.period,
             rng=self._rng,
         )
         await self._carry_out(key, job, step)
 
-    def _left(self, key: _Key, job: _Job, lane: int) -> None:
+    async def _send(self, key: KeyWork, job: HeldJob, gate: asyncio.Future[int]) -> Answer:
+        """``job``'s request, written as its limiter lets it go; the answer."""
+        on_sent, ready = partial(self._left, key, job), partial(self._ready, job, gate)
+        spec, api_key, secret = job.progress.job, job.account.api_key, job.account.secret_key
+        if spec.action == "unfollow":
+            return await self.client.unfollow(api_key, secret, spec.leader_id, on_sent, ready=ready)
+        return await self.client.follow(api_key, secret, spec.params, on_sent, ready=ready)
+
+    async def _ready(self, job: HeldJob, gate: asyncio.Future[int]) -> None:
+        """``job``'s request is about to be written: wait until the limiter lets it go, and
+        put its intent on record first. Raises ``Withheld`` when it must not leave."""
+        job.lane = await gate
+        if self._halted():  # a stop asked for since it was let go
+            raise Withheld("not sent: the run stopped")
+        progress = job.progress
+        if progress.attempts == 0 and not self.collector.intend(self._line(job, "sending")):
+            self.stop()  # not even its intent could be recorded: it must not leave
+            raise Withheld("not sent: its intent could not be recorded")
+        progress.attempts += 1
+        job.departed_at = asyncio.get_running_loop().time()
+
+    def _left(self, key: KeyWork, job: HeldJob) -> None:
         """``job``'s request is leaving now: its lane counts from here."""
         job.left = True
         job.progress.sent_at.append(iso_utc(self.clock(), "milliseconds"))
-        key.limiter.sent(lane)
+        key.limiter.sent(job.lane)
 
-    async def _carry_out(self, key: _Key, job: _Job, step: Step) -> None:
+    async def _carry_out(self, key: KeyWork, job: HeldJob, step: Step) -> None:
         if step.widen_margin and job.admitted_at > key.widened_at:
             key.stats.margin = key.limiter.widen()
             key.widened_at = asyncio.get_running_loop().time()
         if step.pause_key:
             key.limiter.pause(step.pause_key)
+            now = asyncio.get_running_loop().time()
+            key.paused_until = max(key.paused_until, now + step.pause_key)
+            for withheld in key.withhold_prepared():  # signed now, they would wait it out
+                key.put(withheld, again=True)
         if step.disable_account:
             self.disable_account(job.account.name, step.disable_account)
         if step.disable_key and key.disabled is None:
@@ -308,7 +313,7 @@ class WorkerPool:
         with contextlib.suppress(Exception):
             await self.client.sync_clock()
 
-    def _finish(self, key: _Key, job: _Job, decision: Decision) -> None:
+    def _finish(self, key: KeyWork, job: HeldJob, decision: Decision) -> None:
         self._open.pop(job.progress.job.id, None)
         status = "ok" if decision.verdict is Verdict.OK else "failed"
         result = self._line(job, status, decision.error)
@@ -316,28 +321,9 @@ class WorkerPool:
         if not self.collector.finish(result):
             self.stop()
 
-    def _line(self, job: _Job, status: str, error: str | None = None) -> JobResult:
-        """``job``'s results line as it stands: its intent (``sending``) or its outcome."""
-        progress, answer = job.progress, job.answer
-        envelope = answer.envelope if answer is not None else None
-        return JobResult(
-            job=progress.job.id,
-            account=job.account.name,
-            leader_field=self.settings.api.leader_field,
-            leader_id=progress.job.leader_id,
-            status=status,  # type: ignore[arg-type]
-            rc=envelope.rc if envelope is not None else None,
-            mc=envelope.mc if envelope is not None else None,
-            http_status=answer.http_status if answer is not None else None,
-            attempts=progress.attempts,
-            error=scrub(error, job.account.secret_key) if error else None,
-            latency_ms=round(job.latency * 1000, 1) if job.latency is not None else None,
-            finished_at=iso_utc(self.clock(), "milliseconds"),
-            ambiguous=progress.ambiguous,
-            sent=progress.sent,
-            sent_at=tuple(progress.sent_at),
-            result=envelope.result if envelope is not None else None,
-        )
+    def _line(self, job: HeldJob, status: str, error: str | None = None) -> JobResult:
+        finished_at = iso_utc(self.clock(), "milliseconds")
+        return job_line(job, self.settings.api.leader_field, status, finished_at, error)
 
     async def _wind_down(self) -> None:
         """After a stop: let requests in flight finish, then record what was left open."""
@@ -351,26 +337,5 @@ class WorkerPool:
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
         for job in list(self._open.values()):
-            attempts = job.progress.attempts
-            if attempts == 0:
-                continue  # never attempted: nothing to record, a resume sends it
-            if job.in_flight and job.left:
-                job.progress.ambiguous = job.progress.sent = True
-                error = "interrupted with the request in flight: the exchange may have accepted it"
-            elif job.in_flight:
-                error = "interrupted before the request left: not sent"
-            else:
-                last = job.decision.error if job.decision else "none"
-                error = f"interrupted after {attempts} attempts; last error: {last}"
-            self._finish(job.key, job, Decision(Verdict.FAIL, error))
-
-
-def local_limits(settings: Settings) -> LocalLimits:
-    """This process's limits for ``settings``: follows at ``rate_limit``, account reads at
-    XT's 2/s per IP."""
-    return LocalLimits(
-        settings.rate_limit,
-        settings.margin,
-        per_ip=settings.api.per_ip,
-        read_rate=ACCOUNT_ENDPOINTS_RATE,
-    )
+            if job.progress.attempts:  # else never attempted: nothing to record, a resume sends it
+                self._finish(job.key, job, Decision(Verdict.FAIL, job.interrupted()))

@@ -88,12 +88,15 @@ async def test_an_unexpected_error_in_an_attempt_fails_that_job_and_the_run_goes
     named; ambiguous only when the request had left."""
     real = XtClient.follow
 
-    async def follow(self: XtClient, api_key: str, secret: str, params: Any, on_sent: Any) -> Any:
+    async def follow(
+        self: XtClient, api_key: str, secret: str, params: Any, on_sent: Any, *, ready: Any
+    ) -> Any:
         if api_key == "key-bob":
-            if left:
+            if left:  # as the client does: let go by the pool, then written
+                await ready()
                 on_sent()
             raise ValueError("Newline, carriage return, or null byte detected in headers")
-        return await real(self, api_key, secret, params, on_sent)
+        return await real(self, api_key, secret, params, on_sent, ready=ready)
 
     monkeypatch.setattr(XtClient, "follow", follow)
     campaign = support.make_campaign({"alice": 5, "bob": 3}, tmp_path)
