@@ -247,9 +247,12 @@ class Target:
 
     def run_options(self, signals: StopSignals, *, fresh: bool = False) -> LaunchOptions:
         from engine.launch import LaunchOptions
-        from engine.simulator import SimConfig
 
-        sim = SimConfig(latency=self.sim_latency) if self.simulate else None
+        sim = None
+        if self.simulate:  # aiohttp's server, 60 ms of imports: only when simulating
+            from engine.simulator import SimConfig
+
+            sim = SimConfig(latency=self.sim_latency)
         return LaunchOptions(
             results=self.results_path,
             fresh=fresh,
