@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import overhead, readpaths, scale, startup, utilisation
-from bench.clients import CCXT, CLIENTS, ENGINE, IDEAL, REPO, Env
+from bench.clients import BASELINE, CCXT, CLIENTS, ENGINE, IDEAL, REPO, Env
 from bench.report import Results, render, write_results
 from bench.shapes import RATE_LIMIT, SHAPES, TINY, Shape
 
@@ -96,14 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     parser.add_argument(
-        "--baseline-src", type=Path, help="start-up: set this source tree's commands beside"
+        "--baseline-src",
+        type=Path,
+        help="run this source tree's engine (an older commit) as the client 'baseline' beside "
+        "this one's, interleaved, in utilisation and overhead; start-up: its commands beside",
     )
     args = parser.parse_args(argv)
     mode_name = args.mode or "quick"
     if args.write and mode_name != "full":
         parser.error(f"--write takes --full: {RESULTS_MD.name} holds the latest full run")
     clients = tuple(c for c in args.clients.split(",") if c)
-    if unknown := set(clients) - set(CLIENTS):
+    if args.baseline_src and ENGINE in clients:  # the engine before, beside the engine after
+        at = clients.index(ENGINE) + 1
+        clients = (*clients[:at], BASELINE, *clients[at:])
+    if unknown := set(clients) - {*CLIENTS, BASELINE}:
         parser.error(f"unknown clients: {', '.join(sorted(unknown))}")
     if CCXT in clients and importlib.util.find_spec("ccxt") is None:
         print("ccxt is not installed (pip install -e '.[bench]'): its baseline is left out")
@@ -117,11 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     env = Env(
         args.engine_src.resolve() if args.engine_src else None,
         tuple(shlex.split(args.engine_args)),
+        args.baseline_src.resolve() if args.baseline_src else None,
     )
     out = args.out.resolve()
     # Every client starts from bytecode, as installed code does: compiled once here, where
     # PYTHONDONTWRITEBYTECODE would have each process compile what changed since.
-    for tree in {REPO / "bench", (env.engine_src or REPO) / "engine"}:
+    trees = {REPO / "bench", (env.engine_src or REPO) / "engine"}
+    for tree in trees | ({env.baseline_src / "engine"} if env.baseline_src else set()):
         compileall.compile_dir(tree, quiet=1)
     started = time.monotonic()
     results = Results()
@@ -131,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         results = dataclasses.replace(results, util=util)
     if "overhead" in sections:
         print("engine overhead", flush=True)
-        over = overhead.measure(plan.overhead_sizes, plan.repeats, out, env)
-        results = dataclasses.replace(results, overhead=over)
+        over, *base = overhead.measure(plan.overhead_sizes, plan.repeats, out, env)
+        results = dataclasses.replace(
+            results, overhead=over, overhead_baseline=base[0] if base else None
+        )
     if "scale" in sections:
         print("scale of input and read paths", flush=True)
         rows = scale.measure(plan.scale_sizes, plan.scale_runs, out, env, plan.repeats)

@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.clients import Env, engine_command
+from bench.clients import BASELINE, Env, engine_command
 from bench.measure import Usage, run_measured
 from bench.shapes import Shape, write_shape
 from bench.simserver import SimProcess, SimStats
@@ -74,23 +74,30 @@ def _once(requests: int, out: Path, env: Env, tag: str) -> OverheadRun:
     )
     with SimProcess(files.accounts_json, 0.0, rate_limit=1e9, env=env.vars()) as sim:
         results = out / shape.name / "results.jsonl"
-        argv = engine_command(files, sim.url, results, *env.engine_args, *LIFTED)
+        argv = engine_command(files, sim.url, results, *env.engine_args, *LIFTED, env=env)
         run = run_measured(argv, out / "logs", f"{tag}-run", env=env.vars())
         stats = sim.stats()
     return OverheadRun(requests, run, stats, validate)
 
 
-def measure(sizes: tuple[int, int], repeats: int, out: Path, env: Env) -> Overhead:
-    """Each size ``repeats`` times; the run with the median rate is kept for each."""
-    kept = []
+def measure(sizes: tuple[int, int], repeats: int, out: Path, env: Env) -> list[Overhead]:
+    """Each size ``repeats`` times; the run with the median rate is kept for each. With a
+    baseline tree, its engine runs after this one's every time: the load, drifting, falls on
+    both alike. This tree's figures first, then the baseline's."""
+    trees = {"engine": env} | ({BASELINE: env.of(BASELINE)} if env.baseline_src else {})
+    kept: dict[str, list[OverheadRun]] = {name: [] for name in trees}
     for size in sizes:
-        runs = [_once(size, out, env, f"overhead-{size}-{i}") for i in range(repeats)]
-        median = statistics.median_low(r.rate for r in runs)
-        run = next(r for r in runs if r.rate == median)
-        print(
-            f"  overhead {size:6} requests: {run.rate:6.0f} req/s, "
-            f"engine CPU {run.run.cpu:5.2f} s, peak RSS {run.run.peak_rss_mb:4.0f} MB",
-            flush=True,
-        )
-        kept.append(run)
-    return Overhead(kept[0], kept[1], repeats)
+        runs: dict[str, list[OverheadRun]] = {name: [] for name in trees}
+        for i in range(repeats):
+            for name, tree in trees.items():
+                runs[name].append(_once(size, out, tree, f"overhead-{name}-{size}-{i}"))
+        for name, done in runs.items():
+            median = statistics.median_low(r.rate for r in done)
+            run = next(r for r in done if r.rate == median)
+            print(
+                f"  overhead {name:8} {size:6} requests: {run.rate:6.0f} req/s, "
+                f"CPU {run.run.cpu:5.2f} s, peak RSS {run.run.peak_rss_mb:4.0f} MB",
+                flush=True,
+            )
+            kept[name].append(run)
+    return [Overhead(small, large, repeats) for small, large in kept.values()]

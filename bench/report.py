@@ -45,6 +45,8 @@ class Results:
 
     util: list[UtilRow] = field(default_factory=list)
     overhead: Overhead | None = None
+    #: The baseline tree's engine, measured interleaved with this one's.
+    overhead_baseline: Overhead | None = None
     scale: list[ScaleRow] = field(default_factory=list)
     resume: list[ResumeRow] = field(default_factory=list)
     dense: DenseRow | None = None
@@ -90,7 +92,7 @@ def _wide(r: UtilRow, by: dict[tuple[str, float, str], UtilRow]) -> list[str]:
             f"first arrival {r.connect_to_arrival:.3f} s, uniform's "
             f"{uniform.connect_to_arrival:.3f} s: {value:.2f}x (target <= "
             f"{FIRST_ARRIVAL_RATIO:g}x); {r.stats.connects_before_first_arrival} connections "
-            f"opened before the first request, uniform's "
+            f"opened before the first request ({r.stats.connects} in all), uniform's "
             f"{uniform.stats.connects_before_first_arrival}; from the command's start "
             f"{r.to_first_arrival:.3f} s, uniform's {uniform.to_first_arrival:.3f} s"
         )
@@ -228,6 +230,9 @@ def render(command: str, results: Results, load: str, minutes: float, repeats: i
     if results.overhead is not None:
         parts += ["", "### 3. Engine overhead (`--rate-limit 100000`, no latency)", ""]
         parts += [overhead_table(results.overhead)]
+        if results.overhead_baseline is not None:
+            parts += ["", "The baseline tree's engine, interleaved with this one's:", ""]
+            parts += [overhead_table(results.overhead_baseline)]
     if results.scale:
         parts += ["", "### 4. Scale of input (1,000 accounts)", "", scale_table(results.scale)]
         if repeats > 1:

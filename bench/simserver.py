@@ -59,6 +59,8 @@ class SimStats:
     first_connect: float | None = None
     #: Connections accepted before the first request arrived.
     connects_before_first_arrival: int = 0
+    #: Connections accepted in all.
+    connects: int = 0
 
     @property
     def http_429(self) -> int:
@@ -105,6 +107,7 @@ def _stats(sim: Simulator, last_answer: float | None, connects: list[float]) -> 
         "admitted": dict(admitted),
         "first_connect": connects[0] if first is not None else None,
         "connects_before_first_arrival": sum(first is not None and t < first for t in connects),
+        "connects": len(connects),
     }
 
 

@@ -114,7 +114,7 @@ def run_one(shape: Shape, latency: float, client: str, out: Path, env: Env) -> U
     with SimProcess(files.accounts_json, latency, env=env.vars()) as sim:
         results = out / shape.name / f"{name}.results.jsonl"
         argv = command(client, files, sim.url, results, env)
-        usage = run_measured(argv, out / "logs", name, env=env.vars())
+        usage = run_measured(argv, out / "logs", name, env=env.of(client).vars())
         stats = sim.stats()
     tally = None
     if not is_engine(client) and usage.returncode == 0:
