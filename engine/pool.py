@@ -27,24 +27,24 @@ from engine.collector import CampaignStats, Collector, KeyStats
 from engine.gctune import collector_tuned
 from engine.limiter import Limits
 from engine.policy import Decision, Step, Verdict
-from engine.pooljobs import HeldJob, KeyWork, job_line, local_limits, next_step
+from engine.pooljobs import (
+    BURST_PER_TURN,
+    KEYS_PER_TURN,
+    PREPARED_AHEAD,
+    STALE_SHARE,
+    HeldJob,
+    KeyWork,
+    job_line,
+    local_limits,
+    next_step,
+)
 from engine.results import JobResult
 from engine.sources import JobProgress, JobSource, MemorySource
 
-__all__ = ["BURST_PER_TURN", "KEYS_PER_TURN", "PREPARED_AHEAD", "WorkerPool", "local_limits"]
+__all__ = ["WorkerPool", "local_limits"]
 
 #: Seconds that requests in flight get to finish after a stop.
 GRACE_SECONDS = 5.0
-#: Keys that start requests in one turn of the event loop at most, and requests one key
-#: starts in a turn at most: those started before leave while more start, rather than all
-#: after all have started (``aio.Turns``); a key's burst (XT: 10) goes together.
-KEYS_PER_TURN = 8
-BURST_PER_TURN = 10
-#: Attempts of one key prepared ahead of the limiter letting them go: its next window.
-PREPARED_AHEAD = 10
-#: A prepared request signed longer ago than this share of the receive window when the
-#: limiter lets it go (held back by a pause) is withheld and prepared again, signed afresh.
-STALE_SHARE = 0.5
 #: A clock measured this recently is not measured again.
 CLOCK_SYNC_INTERVAL = 5.0
 
@@ -141,7 +141,8 @@ class WorkerPool:
             self._keys[name] = key
             self.stats.keys[name] = key.stats
             self._spawn(self._prepare(key), self._dispatchers)
-            self._spawn(self._admit(key), self._dispatchers)
+            admit = key.admit_in_turn(self._stale_after, self._hold_back, self._stopping)
+            self._spawn(admit, self._dispatchers)
         return key
 
     def _spawn(self, work: Coroutine[None, None, None], tasks: set[asyncio.Task[None]]) -> None:
@@ -187,28 +188,19 @@ class WorkerPool:
         finally:
             key.withhold_prepared()
 
-    async def _admit(self, key: KeyWork) -> None:
-        """Let the key's prepared jobs go, in order, as its limiter admits them."""
-        while not self._stopping.is_set():
-            if not key.prepared:
-                key.filled.clear()
-                await key.filled.wait()
-                continue
-            withheld = await key.admit(self._stale_after, self._hold_back)
-            if withheld is not None and not self._stopping.is_set():
-                key.put(withheld, again=True)  # prepared afresh, or dropped, in its turn
-
     def _hold_back(self, job: HeldJob) -> str | None:
         """Why ``job``, let go by its limiter, must not leave after all, if it must not (its
         account or limit given up: it fails unsent when next taken)."""
         if self._stopping.is_set() or self._halted():
             return "not sent: the run stopped"
+        return self._given_up(job)
+
+    def _given_up(self, job: HeldJob) -> str | None:
         return job.key.disabled or self._disabled.get(job.account.name)
 
     def _drop_if_disabled(self, key: KeyWork, job: HeldJob) -> bool:
         """Fail ``job`` unsent if its account or its limit was given up; True if so."""
-        reason = key.disabled or self._disabled.get(job.account.name)
-        if reason is not None:
+        if (reason := self._given_up(job)) is not None:
             self._finish(key, job, Decision(Verdict.FAIL, reason))
         return reason is not None
 
@@ -224,15 +216,7 @@ class WorkerPool:
         except Exception as exc:  # a TransportError, or anything: no job is ever left open
             outcome = exc
         finally:
-            if not gate.done():
-                gate.cancel()  # never let go: its turn is passed by
-            if not gate.cancelled() and gate.exception() is None:  # let go: done with its lane
-                lane = gate.result()
-                if isinstance(outcome, Answer):  # it had arrived: its lane may count from now
-                    key.limiter.answered(lane)
-                key.limiter.release(lane)
-                key.busy -= 1
-                key.changed.set()
+            key.done_with(gate, answered=isinstance(outcome, Answer))
             self._slots.release()
         if outcome is None:  # withheld: no attempt was made; whoever withheld it said what next
             if job.gate is gate:
@@ -285,11 +269,7 @@ class WorkerPool:
             key.stats.margin = key.limiter.widen()
             key.widened_at = asyncio.get_running_loop().time()
         if step.pause_key:
-            key.limiter.pause(step.pause_key)
-            now = asyncio.get_running_loop().time()
-            key.paused_until = max(key.paused_until, now + step.pause_key)
-            for withheld in key.withhold_prepared():  # signed now, they would wait it out
-                key.put(withheld, again=True)
+            key.pause(step.pause_key)
         if step.disable_account:
             self.disable_account(job.account.name, step.disable_account)
         if step.disable_key and key.disabled is None:

@@ -22,6 +22,17 @@ from engine.profiles import ACCOUNT_ENDPOINTS_RATE
 from engine.results import JobResult
 from engine.sources import JobProgress
 
+#: Keys that start requests in one turn of the event loop at most, and requests one key
+#: starts in a turn at most: those started before leave while more start, rather than all
+#: after all have started (``aio.Turns``); a key's burst (XT: 10) goes together.
+KEYS_PER_TURN = 8
+BURST_PER_TURN = 10
+#: Attempts of one key prepared ahead of the limiter letting them go: its next window.
+PREPARED_AHEAD = 10
+#: A prepared request signed longer ago than this share of the receive window when the
+#: limiter lets it go (held back by a pause) is withheld and prepared again, signed afresh.
+STALE_SHARE = 0.5
+
 
 @dataclass(slots=True, eq=False)
 class KeyWork:
@@ -117,6 +128,46 @@ class KeyWork:
         self.busy += 1
         gate.set_result(lane)
         return None
+
+    async def admit_in_turn(
+        self,
+        stale_after: float,
+        hold_back: Callable[[HeldJob], str | None],
+        stopping: asyncio.Event,
+    ) -> None:
+        """Let the prepared jobs go, in order, as the limiter admits them (``admit``), until
+        ``stopping``; one withheld comes round again first."""
+        while not stopping.is_set():
+            if not self.prepared:
+                self.filled.clear()
+                await self.filled.wait()
+                continue
+            withheld = await self.admit(stale_after, hold_back)
+            if withheld is not None and not stopping.is_set():
+                self.put(withheld, again=True)  # prepared afresh, or dropped, in its turn
+
+    def done_with(self, gate: asyncio.Future[int], *, answered: bool) -> None:
+        """An attempt ended: its lane given back if it was let go, the limiter told if it
+        was ``answered`` (it had arrived: its lane may count from now)."""
+        if not gate.done():
+            gate.cancel()  # never let go: its turn is passed by
+        if gate.cancelled() or gate.exception() is not None:
+            return
+        lane = gate.result()
+        if answered:
+            self.limiter.answered(lane)
+        self.limiter.release(lane)
+        self.busy -= 1
+        self.changed.set()
+
+    def pause(self, seconds: float) -> None:
+        """Hold the limit back ``seconds``: nothing is prepared meanwhile, and what was
+        prepared is withheld and comes round again, signed afresh, after."""
+        self.limiter.pause(seconds)
+        until = asyncio.get_running_loop().time() + seconds
+        self.paused_until = max(self.paused_until, until)
+        for job in self.withhold_prepared():
+            self.put(job, again=True)
 
     def withhold_prepared(self) -> list[HeldJob]:
         """Hold back every prepared job not yet let go (a stop, a pause); those withheld."""

@@ -17,7 +17,8 @@ import pytest
 from engine.aio import Turns
 from engine.client import Answer, Envelope, Ready, XtClient
 from engine.collector import Collector
-from engine.pool import BURST_PER_TURN, KEYS_PER_TURN, WorkerPool
+from engine.pool import WorkerPool
+from engine.pooljobs import BURST_PER_TURN, KEYS_PER_TURN
 from engine.profiles import V4
 from engine.results import ResultLog
 from tests.support import make_campaign
