@@ -16,7 +16,7 @@ import pytest
 
 from engine.aio import Turns
 from engine.client import Answer, Envelope, Ready, XtClient
-from engine.collector import Collector
+from engine.collector import CampaignStats, Collector
 from engine.pool import WorkerPool
 from engine.pooljobs import BURST_PER_TURN, KEYS_PER_TURN
 from engine.profiles import V4
@@ -81,145 +81,25 @@ def test_per_turn_must_be_positive() -> None:
         Turns(0)
 
 
-class Connecting(XtClient):
-    """A client whose every request takes a few turns of the loop to be written, as a new
-    connection does, and is answered at once; it notes when each starts (by key) and
-    leaves."""
-
-    def __init__(self, events: list[str]) -> None:
-        super().__init__("http://unused", V4)
-        self.events = events
-
-    async def follow(
-        self,
-        api_key: str,
-        secret_key: str,
-        params: Mapping[str, Any],
-        on_sent: Callable[[], None] | None = None,
-        *,
-        ready: Ready | None = None,
-    ) -> Answer:
-        self.events.append(f"start {api_key}")
-        for _ in range(3):  # a socket, the connection made, the request written
-            await asyncio.sleep(0)
-        assert on_sent is not None and ready is not None
-        await ready()
-        on_sent()
-        self.events.append("left")
-        return Answer(200, Envelope(0, "SUCCESS", [], True))
-
-
-async def test_on_a_wide_campaign_the_first_request_leaves_before_most_start(
-    tmp_path: Path,
-) -> None:
-    """500 keys x 4 jobs: every limiter lets its jobs go at once. Started all together, every
-    request would take its first step before any leaves (2,000 connections opened first)."""
-    campaign = make_campaign({f"k{i:03d}": 4 for i in range(500)}, tmp_path)
-    events: list[str] = []
-    log = ResultLog(tmp_path / "r.jsonl")
-    log.open()
-    try:
-        pool = WorkerPool(campaign, Connecting(events), Collector(log))
-        stats = await pool.process(campaign.jobs)
-    finally:
-        log.close()
-    assert stats.ok == 2000
-    started_first = events.index("left")
-    # A few turns of starts, each of at most KEYS_PER_TURN keys' requests (4 each).
-    assert started_first <= 8 * KEYS_PER_TURN * 4
-    assert started_first < 2000 // 4
-
-
-async def run_connecting(tmp_path: Path, jobs: dict[str, int], **settings: Any) -> list[str]:
-    campaign = make_campaign(jobs, tmp_path, **settings)
-    events: list[str] = []
-    log = ResultLog(tmp_path / "r.jsonl")
-    log.open()
-    try:
-        stats = await WorkerPool(campaign, Connecting(events), Collector(log)).process(
-            campaign.jobs
-        )
-    finally:
-        log.close()
-    assert stats.ok == len(campaign.jobs)
-    return events
-
-
-async def test_a_key_starts_what_its_limiter_lets_go_at_once_together(tmp_path: Path) -> None:
-    """20 keys x 10: each key's window of ten starts in one run, so its requests arrive
-    together (a key's burst spread over turns would spread its every later window)."""
-    events = await run_connecting(tmp_path, {f"k{i:02d}": 10 for i in range(20)})
-    starts = [e for e in events if e.startswith("start")]
-    runs = [key for n, key in enumerate(starts) if n == 0 or starts[n - 1] != key]
-    assert len(runs) == 20
-
-
-async def test_a_key_let_go_without_limit_starts_a_burst_a_turn(tmp_path: Path) -> None:
-    """The limit lifted, one key's 2,000 jobs may all go at once: still its first requests
-    leave after a few turns of bursts have started, not after all."""
-    events = await run_connecting(tmp_path, {"solo": 2000}, rate_limit=100000, concurrency=2048)
-    assert events.index("left") <= 8 * KEYS_PER_TURN * BURST_PER_TURN < 2000
-
-
-class Answering(XtClient):
-    """A client whose requests leave at once and are answered ``latency`` seconds later."""
-
-    def __init__(self, latency: float, left: list[float]) -> None:
-        super().__init__("http://unused", V4)
-        self.latency, self.left = latency, left
-
-    async def follow(
-        self,
-        api_key: str,
-        secret_key: str,
-        params: Mapping[str, Any],
-        on_sent: Callable[[], None] | None = None,
-        *,
-        ready: Ready | None = None,
-    ) -> Answer:
-        assert on_sent is not None and ready is not None
-        await ready()
-        on_sent()
-        self.left.append(asyncio.get_running_loop().time())
-        await asyncio.sleep(self.latency)
-        return Answer(200, Envelope(0, "SUCCESS", [], True))
-
-
-@pytest.mark.looptime
-async def test_the_pool_tells_each_answer_to_the_limiter(tmp_path: Path) -> None:
-    """Answered 20 ms after leaving, a key's second window goes 20 ms plus one window after
-    its first, not one period (5 % margin) after."""
-    campaign = make_campaign({"alice": 20}, tmp_path)
-    left: list[float] = []
-    log = ResultLog(tmp_path / "r.jsonl")
-    log.open()
-    try:
-        stats = await WorkerPool(campaign, Answering(0.02, left), Collector(log)).process(
-            campaign.jobs
-        )
-    finally:
-        log.close()
-    assert stats.ok == 20
-    assert left[10] - left[0] == pytest.approx(1.02)
-    assert all(b - a >= 1.0 for a, b in zip(left, left[10:], strict=False))
-
-
-class Timed(XtClient):
-    """A client that takes ``connect`` seconds to sign and connect each request, waits to be
-    let go, writes it and is answered ``latency`` later: 429 with ``Retry-After`` to the
-    requests named in ``refuse``. It notes when each request was prepared and when it left;
-    ``on_answer`` hears of each answer."""
+class Standing(XtClient):
+    """Stands in for the XT client: each request takes ``turns`` turns of the loop and
+    ``connect`` seconds to be signed and connected, waits to be let go, is written and is
+    answered ``latency`` later: 429 with ``Retry-After`` to the requests numbered in
+    ``refuse``. It notes when each started (by key) and left; ``on_answer`` hears of each."""
 
     def __init__(
         self,
-        connect: float,
-        latency: float,
+        *,
+        turns: int = 0,
+        connect: float = 0.0,
+        latency: float = 0.0,
         refuse: Mapping[int, float] | None = None,
         on_answer: Callable[[int], None] = lambda n: None,
     ) -> None:
         super().__init__("http://unused", V4)
-        self.connect, self.latency, self.refuse = connect, latency, refuse or {}
-        self.on_answer = on_answer
+        self.turns, self.connect, self.latency = turns, connect, latency
+        self.refuse, self.on_answer = refuse or {}, on_answer
+        self.events: list[str] = []
         self.prepared: list[float] = []
         self.left: list[tuple[float, float]] = []  # (prepared, left)
 
@@ -233,13 +113,16 @@ class Timed(XtClient):
         ready: Ready | None = None,
     ) -> Answer:
         loop = asyncio.get_running_loop()
-        prepared = loop.time()
-        self.prepared.append(prepared)
+        self.events.append(f"start {api_key}")
+        self.prepared.append(prepared := loop.time())
+        for _ in range(self.turns):  # a socket, the connection made, the request written
+            await asyncio.sleep(0)
         await asyncio.sleep(self.connect)
         assert on_sent is not None and ready is not None
         await ready()
         on_sent()
         n = len(self.left)
+        self.events.append("left")
         self.left.append((prepared, loop.time()))
         await asyncio.sleep(self.latency)
         self.on_answer(n)
@@ -247,18 +130,70 @@ class Timed(XtClient):
             return Answer(429, None, retry_after=self.refuse[n])
         return Answer(200, Envelope(0, "SUCCESS", [], True))
 
+    @property
+    def left_at(self) -> list[float]:
+        return [t for _, t in self.left]
 
-async def run_timed(tmp_path: Path, client: Timed, jobs: int, pool_hook: Any = None) -> Any:
-    campaign = make_campaign({"alice": jobs}, tmp_path)
+
+async def run_pool(
+    tmp_path: Path,
+    jobs: dict[str, int],
+    client: Standing,
+    on_pool: Callable[[WorkerPool], None] = lambda pool: None,
+    **settings: Any,
+) -> CampaignStats:
+    campaign = make_campaign(jobs, tmp_path, **settings)
     log = ResultLog(tmp_path / "r.jsonl")
     log.open()
     try:
         pool = WorkerPool(campaign, client, Collector(log))
-        if pool_hook is not None:
-            pool_hook(pool)
+        on_pool(pool)
         return await pool.process(campaign.jobs)
     finally:
         log.close()
+
+
+async def test_on_a_wide_campaign_the_first_request_leaves_before_most_start(
+    tmp_path: Path,
+) -> None:
+    """500 keys x 4 jobs: every limiter lets its jobs go at once. Started all together, every
+    request would take its first step before any leaves (2,000 connections opened first)."""
+    client = Standing(turns=3)
+    stats = await run_pool(tmp_path, {f"k{i:03d}": 4 for i in range(500)}, client)
+    assert stats.ok == 2000
+    started_first = client.events.index("left")
+    # A few turns of starts, each of at most KEYS_PER_TURN keys' requests (4 each).
+    assert started_first <= 8 * KEYS_PER_TURN * 4
+    assert started_first < 2000 // 4
+
+
+async def test_a_key_starts_what_its_limiter_lets_go_at_once_together(tmp_path: Path) -> None:
+    """20 keys x 10: each key's window of ten starts in one run, so its requests arrive
+    together (a key's burst spread over turns would spread its every later window)."""
+    client = Standing(turns=3)
+    await run_pool(tmp_path, {f"k{i:02d}": 10 for i in range(20)}, client)
+    starts = [e for e in client.events if e.startswith("start")]
+    runs = [key for n, key in enumerate(starts) if n == 0 or starts[n - 1] != key]
+    assert len(runs) == 20
+
+
+async def test_a_key_let_go_without_limit_starts_a_burst_a_turn(tmp_path: Path) -> None:
+    """The limit lifted, one key's 2,000 jobs may all go at once: still its first requests
+    leave after a few turns of bursts have started, not after all."""
+    client = Standing(turns=3)
+    await run_pool(tmp_path, {"solo": 2000}, client, rate_limit=100000, concurrency=2048)
+    assert client.events.index("left") <= 8 * KEYS_PER_TURN * BURST_PER_TURN < 2000
+
+
+@pytest.mark.looptime
+async def test_the_pool_tells_each_answer_to_the_limiter(tmp_path: Path) -> None:
+    """Answered 20 ms after leaving, a key's second window goes 20 ms plus one window after
+    its first, not one period (5 % margin) after."""
+    client = Standing(latency=0.02)
+    assert (await run_pool(tmp_path, {"alice": 20}, client)).ok == 20
+    left = client.left_at
+    assert left[10] - left[0] == pytest.approx(1.02)
+    assert all(b - a >= 1.0 for a, b in zip(left, left[10:], strict=False))
 
 
 @pytest.mark.looptime
@@ -266,10 +201,9 @@ async def test_a_prepared_request_leaves_the_moment_its_lane_frees(tmp_path: Pat
     """Signing and connecting take 5 ms; answered 20 ms after leaving. The second window is
     prepared while the first is answered, and leaves one window after those answers, not
     5 ms later still."""
-    client = Timed(connect=0.005, latency=0.02)
-    stats = await run_timed(tmp_path, client, 20)
-    assert stats.ok == 20
-    left = [t for _, t in client.left]
+    client = Standing(connect=0.005, latency=0.02)
+    assert (await run_pool(tmp_path, {"alice": 20}, client)).ok == 20
+    left = client.left_at
     assert left[0] == pytest.approx(0.005)
     assert left[10] - left[0] == pytest.approx(1.02)
     assert all(prepared < t - 0.5 for prepared, t in client.left[10:])  # ready long before
@@ -281,9 +215,8 @@ async def test_requests_prepared_before_a_pause_are_prepared_again_after_it(
 ) -> None:
     """A 429 asking for 3 s holds the key back: what was prepared to go is not sent signed
     before the pause, and nothing is prepared during it."""
-    client = Timed(connect=0.005, latency=0.02, refuse={0: 3.0})
-    stats = await run_timed(tmp_path, client, 20)
-    assert stats.ok == 20
+    client = Standing(connect=0.005, latency=0.02, refuse={0: 3.0})
+    assert (await run_pool(tmp_path, {"alice": 20}, client)).ok == 20
     paused_at = client.left[0][1] + 0.02
     after = [(prepared, t) for prepared, t in client.left if t > paused_at]
     assert len(after) == 11  # the second window and the retry
@@ -292,13 +225,13 @@ async def test_requests_prepared_before_a_pause_are_prepared_again_after_it(
 
 @pytest.mark.looptime
 async def test_a_stop_lets_no_prepared_request_leave(tmp_path: Path) -> None:
-    pool: list[WorkerPool] = []
+    pools: list[WorkerPool] = []
 
     def stop_after_the_first_window(n: int) -> None:
         if n == 9:
-            pool[0].stop()
+            pools[0].stop()
 
-    client = Timed(connect=0.005, latency=0.02, on_answer=stop_after_the_first_window)
-    stats = await run_timed(tmp_path, client, 20, pool_hook=pool.append)
+    client = Standing(connect=0.005, latency=0.02, on_answer=stop_after_the_first_window)
+    stats = await run_pool(tmp_path, {"alice": 20}, client, on_pool=pools.append)
     assert len(client.left) == 10 and len(client.prepared) > 10  # the next window was ready
     assert stats.ok == 10 and stats.failed == 0  # the rest never attempted: a resume sends them
