@@ -1,7 +1,7 @@
 """Issue 10, how the engine reads what the exchange (or a gateway before it) answers: a 5xx
 that may come after the exchange acted, a jittery link that bunches arrivals, and a
-Retry-After of any size or form. Client-level with aioresponses; end to end against the
-simulated exchange on loopback; waits of minutes driven by looptime."""
+Retry-After of any size or form. Client-level against canned answers on loopback; end to end
+against the simulated exchange on loopback; waits of minutes driven by looptime."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import io
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -19,7 +20,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aioresponses import aioresponses
 from rich.console import Console
 
 from engine.campaign import Campaign
@@ -36,7 +36,9 @@ from engine.simulator import HTTP429, HTTP500, HTTP502, HTTP503, SimConfig, Simu
 from tests import support
 from tests.support import (
     BASE_LEADER,
+    Handler,
     accounts_of,
+    canned,
     engine_env,
     follow_run,
     job_file,
@@ -45,9 +47,30 @@ from tests.support import (
     run_engine,
 )
 
-BASE = "https://xt.test"
 #: The wall clock the client reads an HTTP-date against: any fixed moment.
 NOW = datetime(2026, 11, 25, 10, 0, 0, tzinfo=timezone.utc)
+
+
+@contextlib.asynccontextmanager
+async def gateway(*answers: Handler) -> AsyncIterator[str]:
+    """A server on loopback that answers each request with the next of ``answers``: what a
+    gateway in front of the exchange may say. Its base URL."""
+    left = deque(answers)
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return await left.popleft()(request)
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
 
 
 # --- 6. A 5xx may come after the exchange acted ----------------------------------------------
@@ -66,10 +89,11 @@ async def test_a_5xx_is_retried_and_ambiguous_unless_the_gateway_never_forwarded
     status: int, ambiguous: bool
 ) -> None:
     params = support.make_campaign({"alice": 1}, Path("unused")).jobs[0].params
-    with aioresponses() as mock:
-        mock.post(BASE + V4.path, status=status, body="<html>gateway</html>")
-        async with XtClient(BASE, V4) as client:
-            answer = await client.follow("key-alice", "secret-alice", params)
+    async with (
+        gateway(canned(status, b"<html>gateway</html>")) as base,
+        XtClient(base, V4) as client,
+    ):
+        answer = await client.follow("key-alice", "secret-alice", params)
     assert answer.http_status == status
     decision = judge(answer)
     assert decision.verdict is Verdict.RETRY
@@ -291,12 +315,13 @@ def test_retry_after_is_read_as_seconds_or_an_http_date(
 async def test_the_client_keeps_a_long_or_dated_retry_after() -> None:
     params = support.make_campaign({"alice": 1}, Path("unused")).jobs[0].params
     later = format_datetime(NOW + timedelta(hours=2), usegmt=True)
-    with aioresponses() as mock:
-        mock.post(BASE + V4.path, status=429, headers={"Retry-After": "7200"})
-        mock.post(BASE + V4.path, status=503, headers={"Retry-After": later})
-        async with XtClient(BASE, V4, clock=NOW.timestamp) as client:
-            long = await client.follow("key-alice", "secret-alice", params)
-            dated = await client.follow("key-alice", "secret-alice", params)
+    answers = (
+        canned(429, b"", **{"Retry-After": "7200"}),
+        canned(503, b"", **{"Retry-After": later}),
+    )
+    async with gateway(*answers) as base, XtClient(base, V4, clock=NOW.timestamp) as client:
+        long = await client.follow("key-alice", "secret-alice", params)
+        dated = await client.follow("key-alice", "secret-alice", params)
     assert (long.http_status, long.retry_after) == (429, 7200.0)
     assert (dated.http_status, dated.retry_after) == (503, 7200.0)
 
