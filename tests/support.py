@@ -13,11 +13,13 @@ arrived at the "exchange" outlives the engine and can be compared with what it r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -338,6 +340,28 @@ def canned(status: int, body: bytes, **headers: str) -> Handler:
         return web.Response(status=status, body=body, headers=headers)
 
     return handle
+
+
+@contextlib.asynccontextmanager
+async def gateway(*answers: Handler) -> AsyncIterator[str]:
+    """A server on loopback that answers each request with the next of ``answers``: what a
+    gateway in front of the exchange may say. Its base URL."""
+    left = deque(answers)
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return await left.popleft()(request)
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
 
 
 async def cut_short(request: web.Request) -> web.StreamResponse:

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import io
 import random
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -36,11 +35,11 @@ from engine.simulator import HTTP429, HTTP500, HTTP502, HTTP503, SimConfig, Simu
 from tests import support
 from tests.support import (
     BASE_LEADER,
-    Handler,
     accounts_of,
     canned,
     engine_env,
     follow_run,
+    gateway,
     job_file,
     key_of,
     last_lines,
@@ -49,28 +48,6 @@ from tests.support import (
 
 #: The wall clock the client reads an HTTP-date against: any fixed moment.
 NOW = datetime(2026, 11, 25, 10, 0, 0, tzinfo=timezone.utc)
-
-
-@contextlib.asynccontextmanager
-async def gateway(*answers: Handler) -> AsyncIterator[str]:
-    """A server on loopback that answers each request with the next of ``answers``: what a
-    gateway in front of the exchange may say. Its base URL."""
-    left = deque(answers)
-
-    async def answer(request: web.Request) -> web.StreamResponse:
-        return await left.popleft()(request)
-
-    app = web.Application()
-    app.router.add_route("*", "/{path:.*}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
 
 
 # --- 6. A 5xx may come after the exchange acted ----------------------------------------------
