@@ -130,6 +130,8 @@ class Arrival:
     #: The ``mc`` decided (also for ``drop_after``, though never sent); None without an envelope.
     mc: str | None
     fault: str | None
+    #: The address it came from: under a per-IP limit, what is counted.
+    remote: str = ""
 
 
 def _envelope(mc: str, ma: Sequence[str] = ()) -> web.Response:
@@ -230,7 +232,7 @@ class Simulator:
         self.violations = 0
         #: Set by ``start``.
         self.base_url: str | None = None
-        #: Arrival times within the window of each limited key (None: every key, per IP).
+        #: Arrival times within the window of each limited key (per IP: of each address).
         self._recent: defaultdict[str | None, deque[float]] = defaultdict(deque)
         self._scripts: dict[int, deque[str]] = {}
         self._follows = 0
@@ -268,12 +270,17 @@ class Simulator:
                 future.set_result(None)
         self._waiters = [(c, f) for c, f in self._waiters if not f.done()]
 
-    def max_in_window(self, api_key: str | None, window: float = 1.0) -> int:
-        """Most follow arrivals of ``api_key`` (every key when None) within any ``window`` s."""
+    def max_in_window(
+        self, api_key: str | None, window: float = 1.0, remote: str | None = None
+    ) -> int:
+        """Most follow arrivals of ``api_key`` (every key when None) within any ``window`` s,
+        of those from ``remote`` only when given."""
         times = sorted(
             a.t
             for a in self.arrivals
-            if a.path != TIME_PATH and (api_key is None or a.api_key == api_key)
+            if a.path != TIME_PATH
+            and (api_key is None or a.api_key == api_key)
+            and (remote is None or a.remote == remote)
         )
         return max_in_window(times, window)
 
@@ -321,7 +328,8 @@ class Simulator:
         fault: str | None = None
         response: web.Response | None
         mc: str | None = None
-        retry_after = self._admit(None if self.config.per_ip else api_key, t)
+        remote = request.remote or ""
+        retry_after = self._admit(remote if self.config.per_ip else api_key, t)
         if retry_after:
             self.violations += 1
             response = web.Response(status=429, headers={"Retry-After": str(retry_after)})
@@ -335,7 +343,9 @@ class Simulator:
             else:
                 response, mc = _fault_answer(fault)
         status = response.status if response is not None else 0
-        self.arrivals.append(Arrival(t, api_key, profile.path, leader_id, status, mc, fault))
+        self.arrivals.append(
+            Arrival(t, api_key, profile.path, leader_id, status, mc, fault, remote)
+        )
         self._follows += 1
         if self._waiters:
             self._wake_waiters()
