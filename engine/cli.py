@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import ipaddress
 import json
 import os
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
@@ -45,8 +47,8 @@ jobs_argument = click.argument("jobs_file", metavar="JOBS.yaml", type=click.Path
 api_option = click.option(
     "--api", type=click.Choice(sorted(PROFILES)), help="API profile; overrides settings.api."
 )
-#: What ``run`` and ``schedule`` both take, defined once; ``_Target`` holds the values.
-_TARGET_OPTIONS = (
+#: How jobs are sent, as ``run``, ``schedule`` and ``submit`` take it, defined once.
+_SEND_OPTIONS = (
     jobs_argument,
     api_option,
     click.option("--base-url", help="Exchange URL; overrides base_url."),
@@ -63,6 +65,11 @@ _TARGET_OPTIONS = (
     click.option(
         "--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per request."
     ),
+    click.option("--insecure", is_flag=True, help="Allow plain http:// beyond loopback."),
+)
+#: What ``run`` and ``schedule`` both take; ``_Target`` holds the values.
+_TARGET_OPTIONS = (
+    *_SEND_OPTIONS,
     click.option(
         "--results", type=click.Path(path_type=Path), help="Results file [JOBS.results.jsonl]."
     ),
@@ -74,14 +81,13 @@ _TARGET_OPTIONS = (
         show_default=True,
         help="With --simulate: seconds each answer takes.",
     ),
-    click.option("--insecure", is_flag=True, help="Allow plain http:// beyond loopback."),
 )
 _SETTINGS_OPTIONS = ("rate_limit", "concurrency", "max_attempts", "max_retry_after", "timeout")
 
 
-def target_options(command: F) -> F:
+def target_options(command: F, options: tuple[Callable[[F], F], ...] = _TARGET_OPTIONS) -> F:
     """Decorate ``command`` with the options ``run`` and ``schedule`` share."""
-    for option in reversed(_TARGET_OPTIONS):
+    for option in reversed(options):
         command = option(command)
     return command
 
@@ -227,23 +233,55 @@ def schema() -> None:
     click.echo(json.dumps(jobfile.json_schema(), indent=2))
 
 
+def redis_option(required: bool) -> Callable[[F], F]:
+    return click.option(
+        "--redis",
+        "redis_url",
+        metavar="URL",
+        required=required,
+        help="Redis of the distributed mode, e.g. redis://host:6379/0.",
+    )
+
+
+campaign_option = click.option(
+    "--campaign", "name", metavar="NAME", help="The campaign's name in Redis [JOBS.yaml's path]."
+)
+
+
 @main.command()
 @target_options
 @click.option("--now", is_flag=True, help="Start now, whatever schedule.at or schedule.cron say.")
 @click.option("--fresh", is_flag=True, help="Start over: forget earlier results.")
 @click.option("--dry-run", is_flag=True, help="Print the requests instead of sending them.")
-def run(now: bool, fresh: bool, dry_run: bool, **target: Any) -> None:
+@redis_option(required=False)
+@campaign_option
+def run(
+    now: bool,
+    fresh: bool,
+    dry_run: bool,
+    redis_url: str | None,
+    name: str | None,
+    **target: Any,
+) -> None:
     """Send every job of JOBS.yaml not already ok in the results file, at schedule.at if the
-    file sets it. A file with schedule.cron is for `follow-engine schedule` (or --now)."""
+    file sets it. A file with schedule.cron is for `follow-engine schedule` (or --now). With
+    --redis, workers send: the jobs are submitted and their outcomes followed into the file."""
     where = _Target(**target)
     if dry_run:
         _print_dry_run(where.checked(sending=False))
         return
+    if redis_url and where.simulate:
+        _fail("--simulate with --redis: the workers send; point them at `follow-engine simulate`")
     # Before the file is read: a stop asked for while it loads must stop the run unsent.
     signals = StopSignals().install()
     campaign = where.checked()
     start = None if now else _start(campaign)
     options = where.run_options(signals, fresh=fresh)
+    if redis_url:
+        from engine.redis_commands import run_command
+        from engine.submit import name_of
+
+        _execute(run_command(redis_url, campaign, options, name_of(where.jobs_file, name), start))
     if start is not None:
         _check_results(options.results, campaign.path)
     _execute(start_at(campaign, options, Console(highlight=False), start))
@@ -287,6 +325,80 @@ def schedule(once: bool, **target: Any) -> None:
     _check_results(options.results, campaign.path)
     scheduler = Scheduler(where.load, campaign, options, Console(highlight=False))
     _execute(scheduler.run(once=once))
+
+
+@main.command()
+@partial(target_options, options=_SEND_OPTIONS)
+@redis_option(required=True)
+@campaign_option
+@click.option("--now", is_flag=True, help="Due now, whatever schedule.at says.")
+def submit(redis_url: str, name: str | None, now: bool, **target: Any) -> None:
+    """Queue every job of JOBS.yaml not already ok in Redis, for workers to send. The file is
+    checked as `run` checks it; submitting it again queues nothing twice."""
+    where = _Target(results=None, simulate=False, sim_latency=0.0, **target)
+    campaign = where.checked()
+    start = None if now else _start(campaign)
+    from engine.redis_commands import submit_command
+    from engine.submit import name_of
+
+    _execute(submit_command(redis_url, campaign, name_of(where.jobs_file, name), start))
+
+
+@main.command()
+@redis_option(required=True)
+@click.option(
+    "--jobs",
+    "jobs_files",
+    metavar="JOBS.yaml",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Send for the accounts of this job file, their secrets from this environment "
+    "(repeatable). Secrets never go to Redis.",
+)
+@click.option("--source-ip", metavar="IP", help="Send from this local address (its egress IP).")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight, per campaign.")
+@click.option("--insecure", is_flag=True, help="Allow plain http:// beyond loopback.")
+def worker(
+    redis_url: str,
+    jobs_files: tuple[Path, ...],
+    source_ip: str | None,
+    concurrency: int | None,
+    insecure: bool,
+) -> None:
+    """Take jobs from Redis, send them and record their outcomes there, until stopped. Takes
+    only jobs of accounts whose credentials its job files hold."""
+    signals = StopSignals().install()
+    if source_ip is not None:
+        try:
+            source_ip = str(ipaddress.ip_address(source_ip))
+        except ValueError:
+            _fail(f"--source-ip {source_ip!r}: not an IP address")
+    from engine.redis_commands import worker_command
+    from engine.redis_store import key_hash
+    from engine.worker import WorkerOptions
+
+    credentials = {
+        key_hash(account.api_key): account
+        for path in jobs_files
+        for account in _checked(path, partial(jobfile.load, path)).accounts.values()
+    }
+    options = WorkerOptions(source_ip, concurrency, insecure)
+    _execute(worker_command(redis_url, credentials, options, signals))
+
+
+@main.command()
+@redis_option(required=True)
+@click.argument("jobs_file", metavar="[JOBS.yaml]", required=False, type=click.Path(path_type=Path))
+@campaign_option
+def status(redis_url: str, jobs_file: Path | None, name: str | None) -> None:
+    """Jobs queued, in flight, ok and failed per campaign, account and worker; and accounts no
+    live worker can serve. JOBS.yaml (or --campaign) shows that campaign only."""
+    from engine.redis_commands import status_command
+    from engine.submit import name_of
+
+    only = name_of(jobs_file, name) if jobs_file is not None else name
+    _execute(status_command(redis_url, only))
 
 
 def _print_dry_run(campaign: Campaign) -> None:
