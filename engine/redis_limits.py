@@ -22,6 +22,9 @@ import math
 from engine.limiter import DEFAULT_MARGIN, MAX_MARGIN
 from engine.redis_store import Store, key_hash
 
+#: Milliseconds before asking again when every lane is held (admitted, not yet left).
+HELD_POLL_MS = 10
+
 
 class RedisLimiter:
     """At most ``rate`` requests in any ``window`` seconds for one limit, over all workers."""
@@ -48,7 +51,8 @@ class RedisLimiter:
             if lane >= 0:
                 self._held.add(lane)
                 return int(lane)
-            await asyncio.sleep(max(int(wait_ms), 1) / 1000)
+            # -1: every lane is held by a request about to leave; its time comes in a moment.
+            await asyncio.sleep((HELD_POLL_MS if wait_ms < 0 else max(int(wait_ms), 1)) / 1000)
 
     def sent(self, lane: int) -> None:
         self._held.discard(lane)

@@ -23,8 +23,9 @@ from engine.sources import Deliver, JobProgress
 
 #: Per limit, a worker holds at most this many windows' worth of jobs.
 TAKE_WINDOWS = 2
-#: Seconds between looks at an empty queue.
-POLL = 0.2
+#: Seconds between looks at a queue found empty, while this worker still holds jobs of it
+#: (each of them finishing looks again at once): jobs come back when a worker dies.
+POLL = 1.0
 
 
 @dataclass(slots=True)
@@ -90,24 +91,26 @@ class RedisSource:
         none; then this limit is done here (the worker looks again later)."""
         keys, wake = self._queues[limit], self._wake[limit]
         while not self.fenced:
-            want = self._cap[limit] - self._open[limit]
-            later = -1
-            if want > 0:
+            cap = self._cap[limit]
+            want = cap - self._open[limit]
+            timeout: float | None = None  # enough in hand: wait for one to finish
+            # Topped up a window's worth at a time: one TAKE for many jobs.
+            if want >= max(1, cap // TAKE_WINDOWS):
                 keys.append(keys.pop(0))  # each key first in turn
                 got = await self.store.persist("TAKE", self.campaign, self.worker, want, *keys)
                 if got[0] == -2:
                     self.fenced = True
                     return
-                later = int(got[0])
                 for i in range(1, len(got), 3):
                     self._take(limit, got[i], got[i + 1], got[i + 2])
-                if len(got) > 1:
-                    continue
-            if self._open[limit] == 0 and later < 0:
-                return
-            wait = POLL if later < 0 else min(POLL, later / 1000)
+                if len(got) - 1 == 3 * want:
+                    continue  # there may be more
+                later = int(got[0])
+                if self._open[limit] == 0 and later < 0:
+                    return
+                timeout = POLL if later < 0 else min(POLL, later / 1000)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(wake.wait(), wait if want > 0 else None)
+                await asyncio.wait_for(wake.wait(), timeout)
             wake.clear()
 
     def _take(self, limit: str, job_id: str, body: str, progress_text: str) -> None:
