@@ -234,12 +234,16 @@ def schema() -> None:
 
 
 def redis_option(required: bool) -> Callable[[F], F]:
+    """``--redis URL``; where required, ``FOLLOW_ENGINE_REDIS`` may give it instead (no password
+    on the command line)."""
     return click.option(
         "--redis",
         "redis_url",
         metavar="URL",
         required=required,
-        help="Redis of the distributed mode, e.g. redis://host:6379/0.",
+        envvar="FOLLOW_ENGINE_REDIS" if required else None,
+        help="Redis of the distributed mode, e.g. redis://host:6379/0"
+        + (" [FOLLOW_ENGINE_REDIS]." if required else "."),
     )
 
 

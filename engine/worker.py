@@ -129,6 +129,7 @@ class Worker:
             return EXIT_FAILED
         with contextlib.suppress(RedisUnavailable):
             await self.store.run("LEAVE", self.id)
+        self.say(f"worker {self.id}: stopped after {self.store.round_trips} Redis round trips")
         return EXIT_INTERRUPTED
 
     def stop(self) -> None:
