@@ -16,13 +16,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import overhead, scale, utilisation
+from bench import distributed, overhead, scale, utilisation
 from bench.clients import CCXT, CLIENTS, ENGINE, IDEAL, REPO, Env
 from bench.report import render, write_results
 from bench.shapes import RATE_LIMIT, SHAPES, TINY, Shape
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-SECTIONS = ("utilisation", "overhead", "scale")
+SECTIONS = ("utilisation", "overhead", "scale", "distributed")
+#: Sections a run without --only runs: the distributed mode's (two minutes) with --full only.
+DEFAULT_SECTIONS = {"smoke": SECTIONS[:3], "quick": SECTIONS[:3], "full": SECTIONS}
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes = [SHAPES[n] for n in (args.shapes or ",".join(SHAPES)).split(",")]
         latencies = [float(x) for x in (args.latencies or "0.02,0.3").split(",")]
         plan = dataclasses.replace(plan, util=cases(shapes, latencies, clients))
-    sections = tuple(args.only or SECTIONS)
+    sections = tuple(args.only or DEFAULT_SECTIONS[mode_name])
     env = Env(
         args.engine_src.resolve() if args.engine_src else None,
         tuple(shlex.split(args.engine_args)),
@@ -123,9 +125,16 @@ def main(argv: list[str] | None = None) -> int:
         print("scale of input", flush=True)
         rows = scale.measure(plan.scale_sizes, plan.scale_runs, out, env, plan.repeats)
 
+    dist = []
+    if "distributed" in sections:
+        print("distributed mode (Redis)", flush=True)
+        dist = distributed.measure(out, env)
+
     command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     minutes = (time.monotonic() - started) / 60
     text = render(command.strip(), util, over, rows, load, minutes, plan.repeats)
+    if dist:
+        text += "\n\n" + distributed.render(dist)
     print(f"\n{text}")
     if args.markdown:
         args.markdown.write_text(text)

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import subprocess
 import sys
 import time
@@ -72,7 +73,7 @@ def _stats(sim: Simulator, last_answer: float | None) -> dict[str, Any]:
     codes: Counter[str] = Counter()
     for arrival in sim.arrivals:
         if arrival.path != TIME_PATH:
-            by_key["*" if sim.config.per_ip else arrival.api_key].append(arrival.t)
+            by_key[arrival.remote if sim.config.per_ip else arrival.api_key].append(arrival.t)
             statuses[arrival.status] += 1
             codes[arrival.mc or "-"] += 1
     follows = [t for times in by_key.values() for t in times]
@@ -93,9 +94,23 @@ def _stats(sim: Simulator, last_answer: float | None) -> dict[str, Any]:
     }
 
 
-async def _serve(port: int, accounts: dict[str, str] | None, config: SimConfig) -> None:
+async def _serve(
+    port: int, accounts: dict[str, str] | None, config: SimConfig, jitter: float = 0.0
+) -> None:
     sim = Simulator(accounts, config)
     last_answer: list[float] = []
+    rng = random.Random(config.seed)
+
+    @web.middleware
+    async def jittered(request: web.Request, handler: Any) -> web.StreamResponse:
+        """Each answer ``jitter`` s later at most, drawn afresh: latency over a range."""
+        response = await handler(request)
+        if not request.path.startswith("/_sim/"):
+            await asyncio.sleep(rng.uniform(0, jitter))
+        return response
+
+    if jitter:
+        sim.app.middlewares.append(jittered)
 
     async def answered(request: web.Request, response: web.StreamResponse) -> None:
         if not request.path.startswith("/_sim/"):
@@ -105,7 +120,7 @@ async def _serve(port: int, accounts: dict[str, str] | None, config: SimConfig) 
         return web.json_response(_stats(sim, last_answer[0] if last_answer else None))
 
     async def arrivals(request: web.Request) -> web.Response:
-        rows = [(a.t, a.api_key, a.status) for a in sim.arrivals if a.path != TIME_PATH]
+        rows = [(a.t, a.api_key, a.status, a.remote) for a in sim.arrivals if a.path != TIME_PATH]
         return web.json_response(rows)
 
     sim.app.on_response_prepare.append(answered)
@@ -125,12 +140,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--accounts", type=Path, help="JSON {api_key: secret}; checks signatures")
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--rate-limit", type=float, default=10.0)
+    parser.add_argument("--jitter", type=float, default=0.0, help="up to this much more latency")
+    parser.add_argument("--per-ip", action="store_true", help="the limit per source address")
     args = parser.parse_args(argv)
     accounts = json.loads(args.accounts.read_text()) if args.accounts else None
-    config = SimConfig(latency=args.latency, rate_limit=args.rate_limit)
+    config = SimConfig(latency=args.latency, rate_limit=args.rate_limit, per_ip=args.per_ip)
     fit_open_files(8192)  # a connection for every request of the widest client
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.port, accounts, config))
+        asyncio.run(_serve(args.port, accounts, config, args.jitter))
 
 
 class SimProcess:
@@ -142,9 +159,11 @@ class SimProcess:
         latency: float,
         rate_limit: float = 10.0,
         env: dict[str, str] | None = None,
+        *extra: str,
     ) -> None:
+        """``extra``: more options (``--jitter S``, ``--per-ip``)."""
         self.command = [sys.executable, "-m", "bench.simserver", "--latency", str(latency)]
-        self.command += ["--rate-limit", str(rate_limit)]
+        self.command += ["--rate-limit", str(rate_limit), *extra]
         if accounts is not None:
             self.command += ["--accounts", str(accounts)]
         self.env = env
@@ -171,8 +190,8 @@ class SimProcess:
     def stats(self) -> SimStats:
         return asyncio.run(self._fetch())
 
-    def arrivals(self) -> list[tuple[float, str, int]]:
-        """Every follow arrival: (monotonic time, api key, status answered)."""
+    def arrivals(self) -> list[tuple[float, str, int, str]]:
+        """Every follow arrival: (monotonic time, api key, status answered, source address)."""
         return [tuple(row) for row in asyncio.run(self._get(ARRIVALS_PATH))]
 
     async def _get(self, path: str) -> Any:
