@@ -71,6 +71,7 @@ class RedisSource:
         self._done = asyncio.Event()
         #: Set when Redis says this worker is no longer registered.
         self.fenced = False
+        self._stopped = False
 
     def job_id(self, key: str, leader_id: int) -> str | None:
         """The held job following ``leader_id`` with the key of hash ``key``."""
@@ -90,7 +91,8 @@ class RedisSource:
         """Keep ``limit``'s share of jobs topped up until its queues are empty and it holds
         none; then this limit is done here (the worker looks again later)."""
         keys, wake = self._queues[limit], self._wake[limit]
-        while not self.fenced:
+        # The flag, not only the cancellation: wait_for may swallow one (Python < 3.12).
+        while not (self.fenced or self._stopped):
             cap = self._cap[limit]
             want = cap - self._open[limit]
             timeout: float | None = None  # enough in hand: wait for one to finish
@@ -159,6 +161,9 @@ class RedisSource:
 
     async def stop(self) -> list[str]:
         """Stop taking; the jobs held and never attempted here, to be handed back."""
+        self._stopped = True
+        for event in self._wake.values():
+            event.set()
         for task in (*self._feeders, *self._tasks):
             task.cancel()
         await asyncio.gather(*self._feeders, *self._tasks, return_exceptions=True)

@@ -30,7 +30,7 @@ from engine.campaign import Account, FollowValue
 from engine.client import Answer, NotSentError, XtClient
 from engine.clock import iso_utc, wall_clock
 from engine.launch import EXIT_FAILED, EXIT_INTERRUPTED, InsecureTransportError, check_transport
-from engine.pool import WorkerPool
+from engine.pool import GRACE_SECONDS, WorkerPool
 from engine.redis_collector import Outbox, RedisCollector
 from engine.redis_limits import RedisLimits
 from engine.redis_source import RedisSource
@@ -114,7 +114,7 @@ class Worker:
         try:
             await self.signals.stopped().wait()
             self.stop()
-            await asyncio.gather(*self._runs.values(), return_exceptions=True)
+            await self._runs_ended()
             unrecorded = await self.outbox.flush(FLUSH_TIMEOUT)
             await self.store.settled(FLUSH_TIMEOUT)
         finally:
@@ -131,6 +131,17 @@ class Worker:
             await self.store.run("LEAVE", self.id)
         self.say(f"worker {self.id}: stopped after {self.store.round_trips} Redis round trips")
         return EXIT_INTERRUPTED
+
+    async def _runs_ended(self) -> None:
+        """Wait for every campaign's pool to wind down (its grace, and some); a pool still not
+        done then is cut short, so that a stop always ends."""
+        runs = list(self._runs.values())
+        if runs:
+            _, late = await asyncio.wait(runs, timeout=GRACE_SECONDS + FLUSH_TIMEOUT)
+            for task in late:
+                self.say("a campaign did not wind down in time: cut short")
+                task.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
 
     def stop(self) -> None:
         self.stopping = True
