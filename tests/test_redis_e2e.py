@@ -331,3 +331,28 @@ async def test_redis_unreachable_exits_2_before_anything_is_sent(
     assert "Traceback" not in done.output and "hunter2" not in done.output
     assert cluster.sim.arrivals == []
     assert not (cluster.tmp / "jobs.results.jsonl").exists()
+
+
+async def test_a_worker_stopped_with_sigterm_hands_back_what_it_did_not_finish(
+    cluster: Cluster,
+) -> None:
+    jobs = {"alice": 30, "bob": 30}
+    await setup(cluster, jobs, SimConfig(latency=0.2))
+    stopping = await cluster.start_worker(IPS[0])
+    await cluster.start_worker(IPS[1])
+    out, err = cluster.tmp / "run.out", cluster.tmp / "run.err"
+    run = await spawn(
+        "run", str(cluster.jobs), "--redis", cluster.url, env=cluster.env, out=out, err=err
+    )
+    await cluster.sim.wait_for_arrivals(15)
+    stopping.send_signal(signal.SIGTERM)
+    _, first_out, first_err = cluster.workers[0]
+    stopped = await finish(stopping, first_out, first_err)
+    assert stopped.code == 130, stopped.output
+    done = await finish(run, out, err)
+    assert done.code == 0, done.output
+    lines, _ = last_lines(cluster.tmp / "jobs.results.jsonl")
+    assert len(lines) == 60 and {line["status"] for line in lines.values()} == {"ok"}
+    recorded = [entry["job"] for entry in await outcome_log(cluster.url)]
+    assert sorted(recorded) == sorted(lines)
+    assert set(cluster.sim.accepted.values()) == {1}  # nothing sent twice: it stopped cleanly
