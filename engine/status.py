@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from engine.redis_store import DEAD_AFTER, PREFIX, Store
 
@@ -56,6 +56,11 @@ async def _campaign(store: Store, cid: str) -> _Campaign:
     return found
 
 
+def _folded(header: str) -> Column:
+    """A column whose long values (a job file's path) wrap rather than get cut."""
+    return Column(header, overflow="fold")
+
+
 async def _cards(r: Any, queues: list[str]) -> list[int]:
     pipe = r.pipeline(transaction=False)
     for queue in queues:
@@ -90,10 +95,16 @@ async def show_status(store: Store, only: str | None, console: Console) -> None:
     served = Counter(key for info in live.values() for key in info.get("keys", "").split())
 
     summary = Table(
-        "campaign", "queued", "in flight", "ok", "failed", title="campaigns", title_justify="left"
+        _folded("campaign"),
+        "queued",
+        "in flight",
+        "ok",
+        "failed",
+        title="campaigns",
+        title_justify="left",
     )
     accounts = Table(
-        "campaign",
+        _folded("campaign"),
         "account",
         "queued",
         "in flight",
@@ -116,7 +127,7 @@ async def show_status(store: Store, only: str | None, console: Console) -> None:
     for c in campaigns:
         holding.update(c.by_worker)
     table = Table(
-        "worker",
+        _folded("worker"),
         "source IP",
         "last heartbeat",
         "state",
@@ -144,6 +155,6 @@ async def show_status(store: Store, only: str | None, console: Console) -> None:
     if not live:
         console.print("no live worker")
     if stranded:
-        console.print("accounts no live worker can serve (their jobs wait):", highlight=False)
+        console.print("accounts no live worker can serve (their jobs wait):", soft_wrap=True)
         for line in stranded:
-            console.print(f"  {line}", markup=False, highlight=False)
+            console.print(f"  {line}", markup=False, soft_wrap=True)

@@ -344,7 +344,11 @@ async def test_a_worker_stopped_with_sigterm_hands_back_what_it_did_not_finish(
     run = await spawn(
         "run", str(cluster.jobs), "--redis", cluster.url, env=cluster.env, out=out, err=err
     )
-    await cluster.sim.wait_for_arrivals(15)
+    arrived = 15
+    await cluster.sim.wait_for_arrivals(arrived)
+    while not any(a.remote == IPS[0] for a in cluster.sim.arrivals):  # it is sending too
+        arrived += 1
+        await cluster.sim.wait_for_arrivals(arrived)
     stopping.send_signal(signal.SIGTERM)
     _, first_out, first_err = cluster.workers[0]
     stopped = await finish(stopping, first_out, first_err)
