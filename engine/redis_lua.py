@@ -59,18 +59,23 @@ return {queued, ok, busy, again, last[1] and last[1][1] or '0-0'}
 """
 )
 
-#: ARGV: campaign, worker, how many, then key hashes. Takes up to ``how many`` jobs due, key
-#: by key. Returns {-2} to a worker no longer registered, else {ms until the next job not yet
-#: due (-1: none), then (job, job json, progress)*}.
+#: ARGV: campaign, worker, take id, how many, then key hashes. Takes up to ``how many`` jobs
+#: due, key by key. Returns {-2} to a worker no longer registered, else {ms until the next job
+#: not yet due (-1: none), then (job, job json, progress)*}. Asked again with the same take id
+#: (its reply was lost), it answers what it took the first time.
 TAKE = (
     _NOW
     + """
-local P, cid, wid, want = ARGV[1], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local P, cid, wid, id, want = ARGV[1], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 if not redis.call('ZSCORE', P .. 'workers', wid) then return {-2} end
+local last = P .. 'w:' .. wid .. ':take'
+if redis.call('HGET', last, cid) == id then
+  return cjson.decode(redis.call('HGET', last, cid .. ':reply'))
+end
 local C = P .. 'c:' .. cid
 local now = clock()
 local out, got, later = {-1}, 0, -1
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   if got >= want then break end
   local q = C .. ':q:' .. ARGV[i]
   for _, job in ipairs(redis.call('ZRANGEBYSCORE', q, '-inf', now, 'LIMIT', 0, want - got)) do
@@ -89,6 +94,7 @@ for i = 6, #ARGV do
   end
 end
 out[1] = later
+redis.call('HSET', last, cid, id, cid .. ':reply', cjson.encode(out))
 return out
 """
 )
@@ -182,31 +188,13 @@ return now
 """
 )
 
-#: ARGV: worker. A worker leaves, what it held given back first.
-LEAVE = (
-    _NOW
+#: A worker gone (declared dead, or leaving): every job it still holds goes back to its queue,
+#: one with an attempt on the wire marked sent and ambiguous (that attempt counted), as the
+#: exchange may have taken it; its registration goes. Returns the jobs and those on the wire.
+_RELEASE = (
+    _REQUEUE
     + """
-local P, wid = ARGV[1], ARGV[3]
-redis.call('ZREM', P .. 'workers', wid)
-redis.call('DEL', P .. 'worker:' .. wid, P .. 'w:' .. wid .. ':held')
-redis.call('ZADD', P .. 'dead', clock(), wid)
-return 1
-"""
-)
-
-#: ARGV: ms without a heartbeat that make a worker dead. Every job a dead worker held goes
-#: back to its queue; one that had an attempt on the wire is marked sent and ambiguous (that
-#: attempt counted), as the exchange may have taken it. Returns {worker, jobs requeued, of
-#: which on the wire}*.
-REAP = (
-    _NOW
-    + _REQUEUE
-    + """
-local P = ARGV[1]
-local now = clock()
-local out = {}
-local dead = redis.call('ZRANGEBYSCORE', P .. 'workers', '-inf', now - tonumber(ARGV[3]))
-for _, wid in ipairs(dead) do
+local function release(P, wid, now)
   local held = P .. 'w:' .. wid .. ':held'
   local n, wire = 0, 0
   for _, entry in ipairs(redis.call('SMEMBERS', held)) do
@@ -227,9 +215,37 @@ for _, wid in ipairs(dead) do
       n = n + 1
     end
   end
-  redis.call('DEL', held, P .. 'worker:' .. wid)
+  redis.call('DEL', held, P .. 'worker:' .. wid, P .. 'w:' .. wid .. ':take')
   redis.call('ZREM', P .. 'workers', wid)
   redis.call('ZADD', P .. 'dead', now, wid)
+  return n, wire
+end
+"""
+)
+
+#: ARGV: worker. A worker leaves; anything it still holds (a job taken as it stopped, whose
+#: reply it never read) goes back. Returns {jobs given back, of which on the wire}.
+LEAVE = (
+    _NOW
+    + _RELEASE
+    + """
+local n, wire = release(ARGV[1], ARGV[3], clock())
+return {n, wire}
+"""
+)
+
+#: ARGV: ms without a heartbeat that make a worker dead. Releases every dead worker. Returns
+#: {worker, jobs requeued, of which on the wire}*.
+REAP = (
+    _NOW
+    + _RELEASE
+    + """
+local P = ARGV[1]
+local now = clock()
+local out = {}
+local dead = redis.call('ZRANGEBYSCORE', P .. 'workers', '-inf', now - tonumber(ARGV[3]))
+for _, wid in ipairs(dead) do
+  local n, wire = release(P, wid, now)
   table.insert(out, wid)
   table.insert(out, n)
   table.insert(out, wire)

@@ -72,6 +72,9 @@ class RedisSource:
         #: Set when Redis says this worker is no longer registered.
         self.fenced = False
         self._stopped = False
+        #: TAKE calls so far: each has an id of its own, so that one retried after its reply
+        #: was lost is answered the same and takes nothing twice.
+        self._takes = 0
 
     def job_id(self, key: str, leader_id: int) -> str | None:
         """The held job following ``leader_id`` with the key of hash ``key``."""
@@ -99,7 +102,9 @@ class RedisSource:
             # Topped up a window's worth at a time: one TAKE for many jobs.
             if want >= max(1, cap // TAKE_WINDOWS):
                 keys.append(keys.pop(0))  # each key first in turn
-                got = await self.store.persist("TAKE", self.campaign, self.worker, want, *keys)
+                self._takes += 1
+                take = (self.campaign, self.worker, f"{limit}#{self._takes}", want, *keys)
+                got = await self.store.persist("TAKE", *take)
                 if got[0] == -2:
                     self.fenced = True
                     return

@@ -128,7 +128,9 @@ class Worker:
                 print(result.to_json(), file=self.stream, flush=True)
             return EXIT_FAILED
         with contextlib.suppress(RedisUnavailable):
-            await self.store.run("LEAVE", self.id)
+            back, wire = await self.store.run("LEAVE", self.id)
+            if back:
+                self.say(f"gave back {back} jobs still held ({wire} may have been sent)")
         self.say(f"worker {self.id}: stopped after {self.store.round_trips} Redis round trips")
         return EXIT_INTERRUPTED
 

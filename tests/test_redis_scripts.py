@@ -3,8 +3,10 @@ the lanes of the global limiter, and the life of a job from submit to its one ou
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest_asyncio
 
@@ -50,6 +52,14 @@ def clock(store: Store) -> Clock:
 async def take(store: Store, worker: str = "w1", lanes: int = 10) -> tuple[int, int]:
     lane, wait, _ = await store.run("LANE_TAKE", "key:k", lanes, BASE, MARGIN, worker)
     return lane, wait
+
+
+_take_ids = itertools.count()
+
+
+async def take_jobs(store: Store, cid: str, worker: str, want: int, *keys: str) -> list[Any]:
+    """One TAKE, with an id of its own."""
+    return await store.run("TAKE", cid, worker, f"t{next(_take_ids)}", want, *keys)  # type: ignore[no-any-return]
 
 
 async def register(store: Store, *workers: str) -> None:
@@ -141,7 +151,7 @@ async def test_submitting_again_queues_nothing_twice_and_a_failed_job_again(
     assert (again.queued, again.busy) == (0, 3)
     await register(store, "w1")
     cid, kh = first.campaign, key_hash("key-alice")
-    got = await store.run("TAKE", cid, "w1", 2, kh)
+    got = await take_jobs(store, cid, "w1", 2, kh)
     taken = [got[1], got[4]]
     for job, status in zip(taken, ("ok", "failed"), strict=True):
         line = f'{{"job":"{job}","status":"{status}"}}'
@@ -160,14 +170,14 @@ async def test_a_worker_takes_due_jobs_of_the_keys_it_names_only(
     body = encode_job(later, kh)
     await store.submit(start.campaign, "c", "{}", [(later.id, kh, "alice", body, late)])
     await register(store, "w1")
-    got = await store.run("TAKE", start.campaign, "w1", 10, kh)
+    got = await take_jobs(store, start.campaign, "w1", 10, kh)
     assert got[0] == 5000  # the job not yet due, and when it is
     assert got[1::3] == [campaign.jobs[1].id]
     job, key = decode_job(got[1], got[2])
     assert (job, key) == (campaign.jobs[1], kh)
     assert decode_progress(job, got[3]).attempts == 0
     clock(store).ms += 5000
-    got = await store.run("TAKE", start.campaign, "w1", 10, kh)
+    got = await take_jobs(store, start.campaign, "w1", 10, kh)
     assert got[1::3] == [later.id]
 
 
@@ -177,7 +187,7 @@ async def test_a_dead_workers_jobs_go_back_flagged_only_when_on_the_wire(
     keys = await queued(store, tmp_path, {"alice": 3})
     await register(store, "w1", "w2")
     cid = campaign_id("c")
-    got = await store.run("TAKE", cid, "w1", 3, *keys)
+    got = await take_jobs(store, cid, "w1", 3, *keys)
     on_wire, waiting, retrying = got[1::3]
     assert await store.run("FLIGHT", cid, "w1", on_wire) == 1
     progress = '{"a":1,"s":false,"am":false,"k":0,"t":[]}'
@@ -189,10 +199,10 @@ async def test_a_dead_workers_jobs_go_back_flagged_only_when_on_the_wire(
     assert await store.run("REAP", 3000) == ["w1", 3, 1]
     # w1 comes back: nothing it held is its own any more.
     assert await store.run("BEAT", "w1") == -1
-    assert await store.run("TAKE", cid, "w1", 3, *keys) == [-2]
+    assert await take_jobs(store, cid, "w1", 3, *keys) == [-2]
     assert await store.run("FLIGHT", cid, "w1", waiting) == 0
     assert await store.run("FINISH", cid, "w1", waiting, "{}", "ok") == 0
-    got = await store.run("TAKE", cid, "w2", 3, *keys)
+    got = await take_jobs(store, cid, "w2", 3, *keys)
     by_job = {got[i]: got[i + 2] for i in range(1, len(got), 3)}
     assert set(by_job) == {on_wire, waiting, retrying}
     dummy = FollowJob(on_wire, "alice", 1, {})
@@ -209,7 +219,7 @@ async def test_an_outcome_is_recorded_once_whoever_sends_it_again(
     keys = await queued(store, tmp_path, {"alice": 1})
     await register(store, "w1")
     cid = campaign_id("c")
-    job = (await store.run("TAKE", cid, "w1", 1, *keys))[1]
+    job = (await take_jobs(store, cid, "w1", 1, *keys))[1]
     line = f'{{"job":"{job}","status":"ok"}}'
     assert await store.run("FINISH", cid, "w1", job, line, "ok") == 1
     assert await store.run("FINISH", cid, "w1", job, line, "ok") == 2  # a reply lost: said so
@@ -217,3 +227,29 @@ async def test_an_outcome_is_recorded_once_whoever_sends_it_again(
     assert [e[1]["j"] for e in entries] == [job]
     counts = await store.client.hmget(f"fe:c:{cid}", ["open", "ok"])
     assert counts == ["0", "1"]
+
+
+async def test_a_take_asked_again_after_its_reply_was_lost_takes_nothing_more(
+    store: Store, tmp_path: Path
+) -> None:
+    keys = await queued(store, tmp_path, {"alice": 4})
+    await register(store, "w1")
+    cid = campaign_id("c")
+    first = await store.run("TAKE", cid, "w1", "t-1", 2, *keys)
+    again = await store.run("TAKE", cid, "w1", "t-1", 2, *keys)
+    assert again == first and len(first[1::3]) == 2
+    assert await store.client.zcard(f"fe:c:{cid}:q:{keys[0]}") == 2
+
+
+async def test_a_worker_leaving_gives_back_what_it_still_holds(
+    store: Store, tmp_path: Path
+) -> None:
+    """A job taken as the worker stopped (the reply never read) is not lost with it."""
+    keys = await queued(store, tmp_path, {"alice": 3})
+    await register(store, "w1", "w2")
+    cid = campaign_id("c")
+    got = await take_jobs(store, cid, "w1", 3, *keys)
+    assert await store.run("FLIGHT", cid, "w1", got[1]) == 1
+    assert await store.run("LEAVE", "w1") == [3, 1]
+    again = await take_jobs(store, cid, "w2", 3, *keys)
+    assert sorted(again[1::3]) == sorted(got[1::3])
