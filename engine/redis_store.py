@@ -30,7 +30,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -53,6 +53,8 @@ RETRY_INTERVAL = 0.25
 SUBMIT_CHUNK = 1000
 #: Redis answers meaning "not now": wait and try again, as when it is unreachable.
 _NOT_NOW = ("LOADING", "MISCONF", "READONLY", "MASTERDOWN", "TRYAGAIN")
+#: Connections to Redis at most per process; more steps at once wait for one.
+MAX_CONNECTIONS = 32
 #: The oldest Redis with what this needs (ZRANGE ... WITHSCORES in scripts, streams, HSET n).
 MIN_VERSION = (6, 2)
 
@@ -91,8 +93,12 @@ async def connect(url: str, name: str = "follow-engine") -> Store:
     used (unreachable, refusing, too old)."""
     label = describe_url(url)
     try:
-        client = Redis.from_url(
+        # Blocking: a burst of steps waits for a connection rather than failing past the
+        # pool's size, as redis-py's default pool does.
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=None,
             decode_responses=True,
             retry=Retry(NoBackoff(), 0),
             socket_timeout=5,
@@ -101,14 +107,15 @@ async def connect(url: str, name: str = "follow-engine") -> Store:
         )
     except ValueError as exc:
         raise RedisUnavailable(f"--redis {label}: not a Redis URL: {exc}") from None
+    client = Redis(connection_pool=pool)
     try:
         info = await client.info("server")
     except (RedisError, OSError) as exc:
-        await client.aclose()
+        await client.aclose(close_connection_pool=True)
         raise RedisUnavailable(f"Redis at {label} unreachable or refusing: {exc}") from None
     version = tuple(int(n) for n in str(info.get("redis_version", "0")).split(".")[:2])
     if version < MIN_VERSION:
-        await client.aclose()
+        await client.aclose(close_connection_pool=True)
         raise RedisUnavailable(f"Redis at {label} is {info.get('redis_version')}; 6.2 or later")
     return Store(client, label)
 
@@ -147,7 +154,7 @@ class Store:
         self._background: set[asyncio.Task[Any]] = set()
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.client.aclose(close_connection_pool=True)
 
     def now_arg(self) -> str:
         return "" if self.clock is None else str(self.clock())
