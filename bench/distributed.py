@@ -96,9 +96,10 @@ def run_case(
     *,
     v1: bool = False,
     kill_at: float | None = None,
+    margin: float | None = None,
 ) -> Case:
     directory = out / "distributed" / name
-    files = write_shape(shape, directory)
+    files = write_shape(shape, directory, None if margin is None else {"margin": margin})
     if v1:
         files.jobs_yaml.write_text(_v1(files.jobs_yaml.read_text()))
     rate = 2.0 if v1 else 10.0
@@ -216,15 +217,16 @@ def _outcomes(client: Redis) -> Counter[str]:
 
 def measure(out: Path, env: Env) -> list[Case]:
     cases = []
-    for name, shape, workers, v1, kill in (
-        ("v4, 3 workers", V4, 3, False, None),
-        ("v1, 1 worker", V1, 1, True, None),
-        ("v1, 3 workers", V1, 3, True, None),
-        ("v4, kill -9 of 1 of 3", KILL, 3, False, 0.33),
+    for name, shape, workers, v1, kill, margin in (
+        ("v4, 3 workers", V4, 3, False, None, None),
+        ("v4, 3 workers, margin 0.1", V4, 3, False, None, 0.1),
+        ("v4, 1 worker", V4, 1, False, None, None),
+        ("v1, 1 worker", V1, 1, True, None, None),
+        ("v1, 3 workers", V1, 3, True, None, None),
+        ("v4, kill -9 of 1 of 3", KILL, 3, False, 0.33, None),
     ):
-        case = run_case(
-            name.replace(" ", "").replace(",", "-"), shape, workers, out, env, v1=v1, kill_at=kill
-        )
+        directory = "".join(c for c in name if c.isalnum() or c == "-")
+        case = run_case(directory, shape, workers, out, env, v1=v1, kill_at=kill, margin=margin)
         case.name = name
         print(
             f"  {name:22} makespan {case.makespan:7.3f} s (ideal {case.ideal:6.2f}), "
