@@ -10,7 +10,8 @@ it. Key names are listed in ``engine.redis_store``.
 
 from __future__ import annotations
 
-_NOW = """
+#: ``clock()``: Redis's time in ms, or the time a test passes.
+NOW = """
 local function clock()
   if ARGV[2] ~= '' then return tonumber(ARGV[2]) end
   local t = redis.call('TIME')
@@ -22,7 +23,7 @@ end
 #: job neither ok, nor queued, nor taken; a failed one is queued again. Returns {queued,
 #: already ok, already queued or taken, failed and queued again, the outcome log's last id}.
 SUBMIT = (
-    _NOW
+    NOW
     + """
 local P, cid = ARGV[1], ARGV[3]
 local C = P .. 'c:' .. cid
@@ -64,7 +65,7 @@ return {queued, ok, busy, again, last[1] and last[1][1] or '0-0'}
 #: not yet due (-1: none), then (job, job json, progress)*}. Asked again with the same take id
 #: (its reply was lost), it answers what it took the first time.
 TAKE = (
-    _NOW
+    NOW
     + """
 local P, cid, wid, id, want = ARGV[1], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 if not redis.call('ZSCORE', P .. 'workers', wid) then return {-2} end
@@ -155,7 +156,7 @@ end
 
 #: ARGV: campaign, worker, then (job, progress json or '')*. Hands jobs back to their queues.
 GIVE_BACK = (
-    _NOW
+    NOW
     + _REQUEUE
     + """
 local P, cid, wid = ARGV[1], ARGV[3], ARGV[4]
@@ -174,7 +175,7 @@ return n
 #: not registered (it was declared dead: what it held went to others). With info fields it
 #: registers instead.
 BEAT = (
-    _NOW
+    NOW
     + """
 local P, wid = ARGV[1], ARGV[3]
 if #ARGV > 3 then
@@ -226,7 +227,7 @@ end
 #: ARGV: worker. A worker leaves; anything it still holds (a job taken as it stopped, whose
 #: reply it never read) goes back. Returns {jobs given back, of which on the wire}.
 LEAVE = (
-    _NOW
+    NOW
     + _RELEASE
     + """
 local n, wire = release(ARGV[1], ARGV[3], clock())
@@ -237,7 +238,7 @@ return {n, wire}
 #: ARGV: ms without a heartbeat that make a worker dead. Releases every dead worker. Returns
 #: {worker, jobs requeued, of which on the wire}*.
 REAP = (
-    _NOW
+    NOW
     + _RELEASE
     + """
 local P = ARGV[1]
@@ -252,114 +253,5 @@ for _, wid in ipairs(dead) do
 end
 redis.call('ZREMRANGEBYSCORE', P .. 'dead', '-inf', now - 3600000)
 return out
-"""
-)
-
-# The limiter. ``lim:NAME`` holds, per lane i, ``f<i>`` (no request before this ms) and
-# ``h<i>`` (the worker holding the lane: admitted, not yet left nor released); ``p`` the ms a
-# pause lasts until, ``m`` the margin, ``r`` the lane to try first.
-
-#: A lane's period in ms: the window it stretches (ms), lengthened by the margin (the larger of
-#: the caller's and the one stored).
-_PERIOD = """
-local function margin(L, given)
-  return math.max(tonumber(given), tonumber(redis.call('HGET', L, 'm') or '0'))
-end
-local function period(base, m)
-  return math.ceil(tonumber(base) * (1 + m))
-end
-"""
-
-#: ARGV: limit, lanes, base ms, margin, worker. Returns {lane or -1, ms to wait when -1,
-#: the margin in millionths}.
-LANE_TAKE = (
-    _NOW
-    + _PERIOD
-    + """
-local P, L, n = ARGV[1], ARGV[1] .. 'lim:' .. ARGV[3], tonumber(ARGV[4])
-local wid, now = ARGV[7], clock()
-local m = margin(L, ARGV[6])
-local span = period(ARGV[5], m)
-local mm = math.floor(m * 1000000 + 0.5)
-local paused = tonumber(redis.call('HGET', L, 'p') or '0')
-if paused > now then return {-1, paused - now, mm} end
-local start = tonumber(redis.call('HGET', L, 'r') or '0') % n
-local wait = -1
-for k = 0, n - 1 do
-  local i = (start + k) % n
-  local holder = redis.call('HGET', L, 'h' .. i)
-  local free = tonumber(redis.call('HGET', L, 'f' .. i) or '0')
-  if holder and not redis.call('ZSCORE', P .. 'workers', holder) then
-    -- Its holder was declared dead: its request may have left up to then.
-    local died = tonumber(redis.call('ZSCORE', P .. 'dead', holder) or '0')
-    free = math.max(free, died + span)
-    redis.call('HSET', L, 'f' .. i, free)
-    redis.call('HDEL', L, 'h' .. i)
-    holder = nil
-  end
-  if not holder then
-    if free <= now then
-      redis.call('HSET', L, 'h' .. i, wid, 'r', (i + 1) % n)
-      return {i, 0, mm}
-    end
-    if wait < 0 or free - now < wait then wait = free - now end
-  end
-end
-return {-1, wait, mm}
-"""
-)
-
-#: ARGV: limit, lane, worker, base ms, margin. The lane's request left: the lane admits
-#: nothing for one period from now.
-LANE_SENT = (
-    _NOW
-    + _PERIOD
-    + """
-local L, h = ARGV[1] .. 'lim:' .. ARGV[3], 'h' .. ARGV[4]
-if redis.call('HGET', L, h) ~= ARGV[5] then return 0 end
-redis.call('HSET', L, 'f' .. ARGV[4], clock() + period(ARGV[6], margin(L, ARGV[7])))
-redis.call('HDEL', L, h)
-return 1
-"""
-)
-
-#: ARGV: limit, lane, worker. The lane's request never left: free it as it was.
-LANE_RELEASE = """
-local L = ARGV[1] .. 'lim:' .. ARGV[3]
-if redis.call('HGET', L, 'h' .. ARGV[4]) ~= ARGV[5] then return 0 end
-redis.call('HDEL', L, 'h' .. ARGV[4])
-return 1
-"""
-
-#: ARGV: limit, ms. Hold every lane back.
-LANE_PAUSE = (
-    _NOW
-    + """
-local L = ARGV[1] .. 'lim:' .. ARGV[3]
-local till = clock() + tonumber(ARGV[4])
-if till > tonumber(redis.call('HGET', L, 'p') or '0') then redis.call('HSET', L, 'p', till) end
-return 1
-"""
-)
-
-#: ARGV: limit, margin seen, margin wanted, base ms. Widens once per margin seen (workers
-#: meeting the same 429 widen once), lengthening the waits of lanes not yet free.
-LANE_WIDEN = (
-    _NOW
-    + _PERIOD
-    + """
-local L = ARGV[1] .. 'lim:' .. ARGV[3]
-local stored = tonumber(redis.call('HGET', L, 'm') or '0')
-if stored > tonumber(ARGV[4]) then return tostring(stored) end
-local now = clock()
-local longer = period(ARGV[6], tonumber(ARGV[5])) - period(ARGV[6], margin(L, ARGV[4]))
-local fields = redis.call('HGETALL', L)
-for i = 1, #fields, 2 do
-  if string.sub(fields[i], 1, 1) == 'f' and tonumber(fields[i + 1]) > now then
-    redis.call('HSET', L, fields[i], tonumber(fields[i + 1]) + longer)
-  end
-end
-redis.call('HSET', L, 'm', ARGV[5])
-return ARGV[5]
 """
 )

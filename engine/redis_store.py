@@ -37,7 +37,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from engine import redis_lua
+from engine import redis_lanes, redis_lua
 from engine.campaign import FollowJob
 from engine.client import encode_body
 from engine.results import JobResult
@@ -133,23 +133,10 @@ class Store:
         self.up = True
         self.on_change: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
         self._scripts = {
-            name: client.register_script(getattr(redis_lua, name))
-            for name in (
-                "SUBMIT",
-                "TAKE",
-                "FLIGHT",
-                "PROGRESS",
-                "FINISH",
-                "GIVE_BACK",
-                "BEAT",
-                "LEAVE",
-                "REAP",
-                "LANE_TAKE",
-                "LANE_SENT",
-                "LANE_RELEASE",
-                "LANE_PAUSE",
-                "LANE_WIDEN",
-            )
+            name: client.register_script(getattr(module, name))
+            for module in (redis_lua, redis_lanes)
+            for name in dir(module)
+            if name.isupper() and not name.startswith("_") and name != "NOW"
         }
         self._background: set[asyncio.Task[Any]] = set()
 
