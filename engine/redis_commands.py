@@ -13,6 +13,7 @@ from engine.campaign import Account, Campaign
 from engine.follow import run_followed, said_submitted
 from engine.launch import EXIT_OK, EXIT_USAGE, LaunchOptions
 from engine.redis_store import RedisUnavailable, Store, campaign_id, connect
+from engine.signals import StopSignals
 from engine.status import show_status
 from engine.submit import submit
 from engine.worker import Worker, WorkerOptions
@@ -50,10 +51,10 @@ async def run_command(
 
 
 async def worker_command(
-    url: str, credentials: Mapping[str, Account], options: WorkerOptions, signals: object
+    url: str, credentials: Mapping[str, Account], options: WorkerOptions, signals: StopSignals
 ) -> int:
     async def work(store: Store) -> int:
-        return await Worker(store, credentials, options, signals).run()  # type: ignore[arg-type]
+        return await Worker(store, credentials, options, signals).run()
 
     return await _with_store(url, "follow-engine-worker", work)
 
