@@ -61,7 +61,9 @@ async def worker_command(
 
 async def status_command(url: str, name: str | None) -> int:
     async def work(store: Store) -> int:
-        await show_status(store, campaign_id(name) if name else None, Console(highlight=False))
+        # Piped or logged: tables as wide as they need, not cut at 80 columns.
+        console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+        await show_status(store, campaign_id(name) if name else None, console)
         return EXIT_OK
 
     return await _with_store(url, "follow-engine-status", work)

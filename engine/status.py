@@ -31,6 +31,9 @@ class _Campaign:
     failed: Counter[str] = field(default_factory=Counter)
     #: worker -> jobs it holds
     by_worker: Counter[str] = field(default_factory=Counter)
+    #: worker -> jobs it recorded ok, failed
+    ok_by_worker: Counter[str] = field(default_factory=Counter)
+    failed_by_worker: Counter[str] = field(default_factory=Counter)
 
 
 async def _campaign(store: Store, cid: str) -> _Campaign:
@@ -52,7 +55,9 @@ async def _campaign(store: Store, cid: str) -> _Campaign:
         found.by_worker[worker] += 1
     for line in done.values():
         outcome = json.loads(line)
-        (found.ok if outcome["status"] == "ok" else found.failed)[outcome["account"]] += 1
+        ok = outcome["status"] == "ok"
+        (found.ok if ok else found.failed)[outcome["account"]] += 1
+        (found.ok_by_worker if ok else found.failed_by_worker)[outcome.get("worker", "-")] += 1
     return found
 
 
@@ -123,30 +128,30 @@ async def show_status(store: Store, only: str | None, console: Console) -> None:
             accounts.add_row(c.name, account, *map(str, counts), str(served[kh]))
             if not served[kh] and (c.queued[account] or c.taken[account]):
                 stranded.append(f"{c.name}: {account} ({c.queued[account]} queued)")
-    holding = Counter[str]()
+    holding, oks, fails = Counter[str](), Counter[str](), Counter[str]()
     for c in campaigns:
         holding.update(c.by_worker)
+        oks.update(c.ok_by_worker)
+        fails.update(c.failed_by_worker)
     table = Table(
         _folded("worker"),
         "source IP",
         "last heartbeat",
         "state",
         "in flight",
+        "ok",
+        "failed",
         "API keys",
         title="workers",
         title_justify="left",
     )
     for wid, beat, info in workers:
-        age = (now - beat) / 1000
         state = "live" if wid in live else "no heartbeat: to be declared dead"
-        table.add_row(
-            wid,
-            info.get("ip") or "-",
-            f"{age:.1f} s ago",
-            state,
-            str(holding[wid]),
-            str(len(info.get("keys", "").split())),
-        )
+        table.add_row(wid, info.get("ip") or "-", f"{(now - beat) / 1000:.1f} s ago", state,
+                      str(holding[wid]), str(oks[wid]), str(fails[wid]),
+                      str(len(info.get("keys", "").split())))  # fmt: skip
+    for wid in sorted((oks | fails).keys() - {w for w, _, _ in workers}):
+        table.add_row(wid, "-", "-", "gone", "0", str(oks[wid]), str(fails[wid]), "-")
     if not campaigns:
         console.print("no campaign submitted" + (" under that name" if only else ""))
     for part in (summary, accounts, table):
