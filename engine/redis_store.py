@@ -25,9 +25,9 @@ import asyncio
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -43,6 +43,8 @@ from engine.client import encode_body
 from engine.results import JobResult
 from engine.sources import JobProgress
 
+T = TypeVar("T")
+
 PREFIX = "fe:"
 #: Seconds between a worker's heartbeats, and without one before it counts as dead.
 HEARTBEAT = 0.5
@@ -53,8 +55,9 @@ RETRY_INTERVAL = 0.25
 SUBMIT_CHUNK = 1000
 #: Redis answers meaning "not now": wait and try again, as when it is unreachable.
 _NOT_NOW = ("LOADING", "MISCONF", "READONLY", "MASTERDOWN", "TRYAGAIN")
-#: Connections to Redis at most per process; more steps at once wait for one.
-MAX_CONNECTIONS = 32
+#: Connections to Redis at most per process; more steps at once wait for one, this many
+#: seconds at most (then Redis counts as unreachable for the step, tried again).
+MAX_CONNECTIONS, POOL_TIMEOUT = 32, 10.0
 #: The oldest Redis with what this needs (ZRANGE ... WITHSCORES in scripts, streams, HSET n).
 MIN_VERSION = (6, 2)
 
@@ -88,6 +91,22 @@ def _unavailable(exc: Exception) -> bool:
     return isinstance(exc, ResponseError) and str(exc).startswith(_NOT_NOW)
 
 
+async def _whole(call: Awaitable[T]) -> T:
+    """``call``, left to finish when its caller is cancelled. redis-py gives a connection back
+    to its pool in a ``finally`` that awaits: a cancellation landing there (a stop cancels
+    many steps at once) lost the connection for good, and once the pool had none left the
+    worker waited for one forever."""
+    task = asyncio.ensure_future(call)
+    task.add_done_callback(_retrieved)
+    return await asyncio.shield(task)
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Nobody may be waiting for a step left to finish: its error is not news."""
+    if not task.cancelled():
+        task.exception()
+
+
 async def connect(url: str, name: str = "follow-engine") -> Store:
     """A checked connection to the Redis at ``url``; ``RedisUnavailable`` when it cannot be
     used (unreachable, refusing, too old)."""
@@ -98,7 +117,7 @@ async def connect(url: str, name: str = "follow-engine") -> Store:
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=MAX_CONNECTIONS,
-            timeout=None,
+            timeout=POOL_TIMEOUT,
             decode_responses=True,
             retry=Retry(NoBackoff(), 0),
             socket_timeout=5,
@@ -150,7 +169,7 @@ class Store:
         """One script, once. Raises ``RedisUnavailable``."""
         self.round_trips += 1
         try:
-            result = await self._scripts[script](args=[PREFIX, self.now_arg(), *args])
+            result = await _whole(self._scripts[script](args=[PREFIX, self.now_arg(), *args]))
         except (RedisError, OSError) as exc:
             if not _unavailable(exc):
                 raise
@@ -195,7 +214,7 @@ class Store:
         while True:
             self.round_trips += 1
             try:
-                result = await work(self.client)
+                result = await _whole(work(self.client))
             except (RedisError, OSError) as exc:
                 if not _unavailable(exc):
                     raise
