@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.campaign import Account
-from engine.redis_store import Store, decode_job, decode_progress, encode_progress
+from engine.redis_store import Arg, Store, decode_job, decode_progress, encode_progress
 from engine.sources import Deliver, JobProgress
 
 #: Per limit, a worker holds at most this many windows' worth of jobs.
@@ -103,7 +103,8 @@ class RedisSource:
             if want >= max(1, cap // TAKE_WINDOWS):
                 keys.append(keys.pop(0))  # each key first in turn
                 self._takes += 1
-                take = (self.campaign, self.worker, f"{limit}#{self._takes}", want, *keys)
+                take: tuple[Arg, ...] = (self.campaign, self.worker, f"{limit}#{self._takes}", want)
+                take += tuple(keys)
                 got = await self.store.persist("TAKE", *take)
                 if got[0] == -2:
                     self.fenced = True

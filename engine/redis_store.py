@@ -44,6 +44,8 @@ from engine.results import JobResult
 from engine.sources import JobProgress
 
 T = TypeVar("T")
+#: What a script takes: each value goes to Lua as a string.
+Arg = str | int | float
 
 PREFIX = "fe:"
 #: Seconds between a worker's heartbeats, and without one before it counts as dead.
@@ -165,7 +167,7 @@ class Store:
     def now_arg(self) -> str:
         return "" if self.clock is None else str(self.clock())
 
-    async def run(self, script: str, *args: object) -> Any:
+    async def run(self, script: str, *args: Arg) -> Any:
         """One script, once. Raises ``RedisUnavailable``."""
         self.round_trips += 1
         try:
@@ -178,7 +180,7 @@ class Store:
         self._came_back()
         return result
 
-    async def persist(self, script: str, *args: object) -> Any:
+    async def persist(self, script: str, *args: Arg) -> Any:
         """One script, tried until Redis takes it."""
         while True:
             try:
@@ -186,7 +188,7 @@ class Store:
             except RedisUnavailable:
                 await asyncio.sleep(RETRY_INTERVAL)
 
-    def later(self, script: str, *args: object) -> None:
+    def later(self, script: str, *args: Arg) -> None:
         """``persist`` in the background, for a caller that cannot wait (a send hook)."""
         task = asyncio.get_running_loop().create_task(self.persist(script, *args))
         self._background.add(task)

@@ -24,6 +24,7 @@ import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TextIO
 
 from engine.campaign import Account, FollowValue
@@ -34,7 +35,7 @@ from engine.pool import GRACE_SECONDS, WorkerPool
 from engine.redis_collector import Outbox, RedisCollector
 from engine.redis_limits import RedisLimits
 from engine.redis_source import RedisSource
-from engine.redis_store import DEAD_AFTER, HEARTBEAT, PREFIX, RedisUnavailable, Store, key_hash
+from engine.redis_store import DEAD_AFTER, HEARTBEAT, PREFIX, Arg, RedisUnavailable, Store, key_hash
 from engine.signals import StopSignals
 from engine.submit import decode_spec
 
@@ -68,7 +69,7 @@ class _SendingClient(XtClient):
         key = self._hashes.get(api_key) or self._hashes.setdefault(api_key, key_hash(api_key))
         leader = params[self.profile.leader_field]
         source = self._source
-        job = source.job_id(key, int(leader))  # type: ignore[arg-type]
+        job = source.job_id(key, int(leader))
         mine = job is not None and await source.store.persist(
             "FLIGHT", source.campaign, source.worker, job
         )
@@ -156,7 +157,7 @@ class Worker:
             pool.abort()
 
     async def _register(self) -> None:
-        info = {
+        info: dict[str, Arg] = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "ip": self.options.source_ip or "",
@@ -210,8 +211,11 @@ class Worker:
                 if cid not in self._runs and cid not in self._refused and not self.stopping:
                     task = asyncio.create_task(self._serve(cid, name, spec, keys))
                     self._runs[cid] = task
-                    task.add_done_callback(lambda _, cid=cid: self._runs.pop(cid, None))
+                    task.add_done_callback(partial(self._ended, cid))
             await asyncio.sleep(DISCOVER_INTERVAL)
+
+    def _ended(self, cid: str, task: asyncio.Task[None]) -> None:
+        self._runs.pop(cid, None)
 
     async def _campaigns_with_work(self) -> list[tuple[str, str, str, list[str]]]:
         """Campaigns with jobs queued for keys this worker holds: (id, name, spec, keys)."""
