@@ -262,9 +262,11 @@ async def test_redis_restarted_mid_run_workers_wait_and_nothing_is_lost(
         assert all(lines[job]["ambiguous"] for job in twice)
         assert "lost Redis" in cluster.worker_err() and "is back" in cluster.worker_err()
     finally:
-        await cluster.stop_workers()
-        await sim.close()
-        server.stop()
+        try:
+            await cluster.stop_workers()
+        finally:
+            await sim.close()
+            server.stop()
 
 
 async def test_submit_twice_queues_nothing_twice_and_status_names_accounts_nobody_serves(
