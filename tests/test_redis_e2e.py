@@ -47,6 +47,7 @@ class Cluster:
     sim: Simulator
     env: dict[str, str]
     jobs: Path
+    #: Every engine process started (workers, and a following ``run``), stopped at the end.
     workers: list[tuple[asyncio.subprocess.Process, Path, Path]] = field(default_factory=list)
 
     async def start_worker(self, ip: str, jobs: Path | None = None) -> asyncio.subprocess.Process:
@@ -196,6 +197,7 @@ async def test_a_worker_killed_mid_campaign_loses_nothing(cluster: Cluster) -> N
     run = await spawn(
         "run", str(cluster.jobs), "--redis", cluster.url, env=cluster.env, out=out, err=err
     )
+    cluster.workers.append((run, out, err))  # stopped at the end whatever happens
     await cluster.sim.wait_for_arrivals(25)
     client = Redis.from_url(cluster.url, decode_responses=True)
     [taken_key] = await client.keys("fe:c:*:taken")
@@ -204,7 +206,8 @@ async def test_a_worker_killed_mid_campaign_loses_nothing(cluster: Cluster) -> N
     victim = max(set(held.values()), key=list(held.values()).count)
     pid = int(victim.split(":")[1])
     held_by = {job for job, worker in held.items() if worker == victim}
-    victim_ip = next(ip for (p, _, _), ip in zip(cluster.workers, IPS, strict=True) if p.pid == pid)
+    started = zip(cluster.workers[: len(IPS)], IPS, strict=True)
+    victim_ip = next(ip for (process, _, _), ip in started if process.pid == pid)
     os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
     done = await finish(run, out, err)
@@ -244,6 +247,7 @@ async def test_redis_restarted_mid_run_workers_wait_and_nothing_is_lost(
         run = await spawn(
             "run", str(cluster.jobs), "--redis", server.url, env=cluster.env, out=out, err=err
         )
+        cluster.workers.append((run, out, err))  # stopped at the end whatever happens
         await sim.wait_for_arrivals(15)
         server.stop()
         stopped_at = time.monotonic()
@@ -345,6 +349,7 @@ async def test_a_worker_stopped_with_sigterm_hands_back_what_it_did_not_finish(
     run = await spawn(
         "run", str(cluster.jobs), "--redis", cluster.url, env=cluster.env, out=out, err=err
     )
+    cluster.workers.append((run, out, err))  # stopped at the end whatever happens
     await cluster.sim.wait_for_arrivals(15)  # the first worker alone is sending
     await cluster.start_worker(IPS[1])
     stopping.send_signal(signal.SIGTERM)
