@@ -144,6 +144,8 @@ class Arrival:
     #: The ``mc`` decided (also for ``drop_after``, though never sent); None without an envelope.
     mc: str | None
     fault: str | None
+    #: The address it came from: under a per-IP limit, what is counted.
+    remote: str = ""
 
 
 def _envelope(mc: str, ma: Sequence[str] = (), result: Any = None) -> web.Response:
@@ -268,7 +270,7 @@ class Simulator:
         self.violations = 0
         #: Set by ``start``.
         self.base_url: str | None = None
-        #: Arrival times within the window of each limited key (None: every key, per IP).
+        #: Arrival times within the window of each limited key (per IP: of each address).
         self._recent: defaultdict[str | None, deque[float]] = defaultdict(deque)
         self._scripts: dict[int | str, deque[str]] = {}
         self._follows = 0
@@ -313,13 +315,17 @@ class Simulator:
         api_key: str | None,
         window: float = 1.0,
         paths: Collection[str] = FOLLOW_PATHS,
+        remote: str | None = None,
     ) -> int:
         """Most arrivals at ``paths`` (the follow endpoints unless told) of ``api_key``
-        (every key when None) within any ``window`` seconds."""
+        (every key when None) within any ``window`` seconds, of those from ``remote`` only
+        when given."""
         times = sorted(
             a.t
             for a in self.arrivals
-            if a.path in paths and (api_key is None or a.api_key == api_key)
+            if a.path in paths
+            and (api_key is None or a.api_key == api_key)
+            and (remote is None or a.remote == remote)
         )
         return max_in_window(times, window)
 
@@ -368,7 +374,8 @@ class Simulator:
         fault: str | None = None
         response: web.Response | None
         mc: str | None = None
-        retry_after = self._admit(*self._window_of(path, api_key), t)
+        remote = request.remote or ""
+        retry_after = self._admit(*self._window_of(path, api_key, remote), t)
         if retry_after:
             self.violations += 1
             response = web.Response(status=429, headers={"Retry-After": str(retry_after)})
@@ -385,7 +392,7 @@ class Simulator:
             else:
                 response, mc = _fault_answer(fault)
         status = response.status if response is not None else 0
-        self.arrivals.append(Arrival(t, api_key, path, leader_id, status, mc, fault))
+        self.arrivals.append(Arrival(t, api_key, path, leader_id, status, mc, fault, remote))
         if path in FOLLOW_PATHS:
             self._follows += 1
             if self._waiters:
@@ -400,16 +407,16 @@ class Simulator:
             return web.Response()
         return response
 
-    def _window_of(self, path: str, api_key: str) -> tuple[str | None, float]:
+    def _window_of(self, path: str, api_key: str, remote: str) -> tuple[str, float]:
         """Which sliding window an arrival counts in, and its limit. Under a per-IP rule every
-        signed endpoint shares the one window (as the engine assumes: XT does not say
-        whether its endpoints' 2/s per IP are counted apart); else a follow counts per key
-        and the account endpoints per IP, at their own rate."""
+        signed endpoint of one source address shares a window (as the engine assumes: XT
+        does not say whether its endpoints' 2/s per IP are counted apart); else a follow
+        counts per key and the account endpoints per address, at their own rate."""
         if self.config.per_ip:
-            return None, self.config.rate_limit
+            return f"ip {remote}", self.config.rate_limit
         if path in FOLLOW_PATHS:
-            return api_key, self.config.rate_limit
-        return "account endpoints", ACCOUNT_ENDPOINTS_RATE
+            return f"key {api_key}", self.config.rate_limit
+        return f"account endpoints {remote}", ACCOUNT_ENDPOINTS_RATE
 
     def _answer(
         self, path: str, api_key: str, data: Any, query: Mapping[str, str]

@@ -429,3 +429,10 @@ def unrecorded_lines(stderr: str) -> list[dict[str, Any]]:
         if isinstance(line, dict) and "job" in line:
             found.append(line)
     return found
+
+
+def unused_redis_url() -> str:
+    """A Redis URL on a loopback port nothing listens on."""
+    from bench.redis_server import free_port
+
+    return f"redis://127.0.0.1:{free_port()}/0"
