@@ -17,13 +17,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import overhead, readpaths, scale, startup, utilisation
+from bench import distributed, overhead, readpaths, scale, startup, utilisation
 from bench.clients import BASELINE, CCXT, CLIENTS, ENGINE, IDEAL, REPO, Env
 from bench.report import Results, render, write_results
 from bench.shapes import RATE_LIMIT, SHAPES, TINY, Shape
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-SECTIONS = ("utilisation", "overhead", "scale", "startup")
+SECTIONS = ("utilisation", "overhead", "scale", "startup", "distributed")
+#: Sections a run without --only runs: the distributed mode's (two minutes) with --full only.
+DEFAULT_SECTIONS = {"smoke": SECTIONS[:4], "quick": SECTIONS[:4], "full": SECTIONS}
 #: Runs of each start-up command, by mode.
 STARTUP_RUNS = {"smoke": 2, "quick": 15, "full": 40}
 
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes = [SHAPES[n] for n in (args.shapes or ",".join(SHAPES)).split(",")]
         latencies = [float(x) for x in (args.latencies or "0.02,0.3").split(",")]
         plan = dataclasses.replace(plan, util=cases(shapes, latencies, clients))
-    sections = tuple(args.only or SECTIONS)
+    sections = tuple(args.only or DEFAULT_SECTIONS[mode_name])
     env = Env(
         args.engine_src.resolve() if args.engine_src else None,
         tuple(shlex.split(args.engine_args)),
@@ -157,10 +159,17 @@ def main(argv: list[str] | None = None) -> int:
         baseline = args.baseline_src.resolve() if args.baseline_src else None
         starts = startup.table(startup.measure(runs, out, env, baseline), runs)
 
+    dist = []
+    if "distributed" in sections:
+        print("distributed mode (Redis)", flush=True)
+        dist = distributed.measure(out, env)
+
     command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     minutes = (time.monotonic() - started) / 60
     text = render(command.strip(), results, _load(results), minutes, plan.repeats)
     text += f"\n\n{starts}\n" if starts else ""
+    if dist:
+        text += "\n\n" + distributed.render(dist)
     print(f"\n{text}")
     if args.markdown:
         args.markdown.write_text(text)

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import subprocess
 import sys
 import time
@@ -52,7 +53,7 @@ class SimStats:
     last_answer: float | None
     #: CPU seconds the simulator process has used so far: near the makespan, it was the limit.
     cpu: float = 0.0
-    #: Arrivals the rate limit let through, by limited key ("*" for all under a per-IP limit).
+    #: Arrivals the rate limit let through, by limited key (the source address, per IP).
     admitted: dict[str, int] = field(default_factory=dict)
     #: When the client's first connection was accepted: its sender's start, as the exchange
     #: sees it (a client connects as soon as it has a request to send).
@@ -82,7 +83,7 @@ def _stats(sim: Simulator, last_answer: float | None, connects: list[float]) -> 
     admitted: Counter[str] = Counter()
     for arrival in sim.arrivals:
         if arrival.path != TIME_PATH:
-            key = "*" if sim.config.per_ip else arrival.api_key
+            key = arrival.remote if sim.config.per_ip else arrival.api_key
             by_key[key].append(arrival.t)
             statuses[arrival.status] += 1
             codes[arrival.mc or "-"] += 1
@@ -123,11 +124,25 @@ def _record_connections(connects: list[float]) -> None:
     web.Server.connection_made = connection_made  # type: ignore[method-assign]
 
 
-async def _serve(port: int, accounts: dict[str, str] | None, config: SimConfig) -> None:
+async def _serve(
+    port: int, accounts: dict[str, str] | None, config: SimConfig, jitter: float = 0.0
+) -> None:
     sim = Simulator(accounts, config)
     last_answer: list[float] = []
     connects: list[float] = []
     _record_connections(connects)
+    rng = random.Random(config.seed)
+
+    @web.middleware
+    async def jittered(request: web.Request, handler: Any) -> web.StreamResponse:
+        """Each answer ``jitter`` s later at most, drawn afresh: latency over a range."""
+        response = await handler(request)
+        if not request.path.startswith("/_sim/"):
+            await asyncio.sleep(rng.uniform(0, jitter))
+        return response
+
+    if jitter:
+        sim.app.middlewares.append(jittered)
 
     async def answered(request: web.Request, response: web.StreamResponse) -> None:
         if not request.path.startswith("/_sim/"):
@@ -137,7 +152,7 @@ async def _serve(port: int, accounts: dict[str, str] | None, config: SimConfig) 
         return web.json_response(_stats(sim, last_answer[0] if last_answer else None, connects))
 
     async def arrivals(request: web.Request) -> web.Response:
-        rows = [(a.t, a.api_key, a.status) for a in sim.arrivals if a.path != TIME_PATH]
+        rows = [(a.t, a.api_key, a.status, a.remote) for a in sim.arrivals if a.path != TIME_PATH]
         return web.json_response(rows)
 
     sim.app.on_response_prepare.append(answered)
@@ -157,12 +172,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--accounts", type=Path, help="JSON {api_key: secret}; checks signatures")
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--rate-limit", type=float, default=10.0)
+    parser.add_argument("--jitter", type=float, default=0.0, help="up to this much more latency")
+    parser.add_argument("--per-ip", action="store_true", help="the limit per source address")
     args = parser.parse_args(argv)
     accounts = json.loads(args.accounts.read_text()) if args.accounts else None
-    config = SimConfig(latency=args.latency, rate_limit=args.rate_limit)
+    config = SimConfig(latency=args.latency, rate_limit=args.rate_limit, per_ip=args.per_ip)
     fit_open_files(8192)  # a connection for every request of the widest client
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.port, accounts, config))
+        asyncio.run(_serve(args.port, accounts, config, args.jitter))
 
 
 class SimProcess:

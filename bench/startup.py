@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import tables
 from bench.clients import REPO, Env
 from bench.measure import run_measured
 from bench.validate import follow_engine
@@ -82,16 +83,15 @@ def measure(runs: int, out: Path, env: Env, baseline: Path | None = None) -> lis
 def table(rows: list[StartupRow], runs: int) -> str:
     head = ["command", "tree", "wall ms", "CPU ms", f"wall x `{PASS}`",
             "import cost ms (wall / CPU)", "import cost vs baseline (wall / CPU)"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells = []
     for r in rows:
         versus = "-" if r.vs_baseline is None else "**{:.2f}** / **{:.2f}**".format(*r.vs_baseline)
-        cells = [f"`{r.command}`", r.tree, f"{r.wall_ms:.0f}", f"{r.cpu_ms:.0f}",
-                 f"{r.wall_ms / (r.wall_ms - r.wall_cost_ms):.2f}",
-                 f"{r.wall_cost_ms:.0f} / {r.cpu_cost_ms:.0f}", versus]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
+        cells.append([f"`{r.command}`", r.tree, f"{r.wall_ms:.0f}", f"{r.cpu_ms:.0f}",
+                      f"{r.wall_ms / (r.wall_ms - r.wall_cost_ms):.2f}",
+                      f"{r.wall_cost_ms:.0f} / {r.cpu_cost_ms:.0f}", versus])  # fmt: skip
     note = (
         f"Medians of {runs} runs in turns. Import cost: time over `{PASS}` in the same turns; "
         "vs baseline: this tree's import cost over the baseline tree's (issue 14: at most 0.25). "
         f'The {FLOOR}: `python -c "{FLOOR_CODE}"`, the libraries `validate` cannot do without.'
     )
-    return "### Start-up\n\n" + "\n".join(lines) + "\n\n" + note
+    return "### Start-up\n\n" + tables.table(head, cells) + "\n\n" + note

@@ -10,46 +10,31 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Coroutine, Mapping
-from datetime import datetime
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from engine.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from engine.cli_distributed import campaign_option, redis_option, status, submit, worker
+from engine.cli_exchange import check, verify
+from engine.exits import EXIT_OK
 from engine.stdout import PipeSafeStdout
 from engine.target import (
     Target,
     allow_over_limit_option,
     api_option,
     env_file_option,
+    execute,
     fail,
     jobs_argument,
     load_checked,
-    read_options,
+    start_of,
     target_options,
 )
 
 if TYPE_CHECKING:
     from engine.campaign import Campaign
-
-
-def _execute(work: Coroutine[Any, Any, int]) -> NoReturn:
-    """Run ``work`` and exit with its code."""
-    import asyncio
-    import gc
-
-    from engine.results import ResultsFileError
-
-    try:
-        code = asyncio.run(work)
-    except ResultsFileError as exc:
-        fail(f"{exc}; nothing sent")
-    except KeyboardInterrupt:  # a Ctrl-C between two handlers; every result is already written
-        code = EXIT_INTERRUPTED
-    gc.freeze()  # nothing left worth collecting: spares the exit a walk of every object (0.1 s)
-    sys.exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -97,15 +82,27 @@ def schema() -> None:
 @click.option("--now", is_flag=True, help="Start now, whatever schedule.at or schedule.cron say.")
 @click.option("--fresh", is_flag=True, help="Start over: forget earlier results.")
 @click.option("--dry-run", is_flag=True, help="Print the requests a run would send, and send none.")
-def run(now: bool, fresh: bool, dry_run: bool, **target: Any) -> None:
+@redis_option(required=False)
+@campaign_option
+def run(
+    now: bool,
+    fresh: bool,
+    dry_run: bool,
+    redis_url: str | None,
+    name: str | None,
+    **target: Any,
+) -> None:
     """Send every job of JOBS.yaml not already ok in the results file, at schedule.at if the
-    file sets it. A file with schedule.cron is for `follow-engine schedule` (or --now)."""
+    file sets it. A file with schedule.cron is for `follow-engine schedule` (or --now). With
+    --redis, workers send: the jobs are submitted and their outcomes followed into the file."""
     from engine.signals import StopSignals
 
     where = Target(**target)
     if dry_run:
         _print_dry_run(where.checked(sending=False), where.results_path, fresh)
         return
+    if redis_url and where.simulate:
+        fail("--simulate with --redis: the workers send; point them at `follow-engine simulate`")
     from rich.console import Console
 
     from engine.schedule import start_at
@@ -113,22 +110,16 @@ def run(now: bool, fresh: bool, dry_run: bool, **target: Any) -> None:
     # Before the file is read: a stop asked for while it loads must stop the run unsent.
     signals = StopSignals().install()
     campaign = where.checked()
-    start = None if now else _start(campaign)
+    start = None if now else start_of(campaign)
     options = where.run_options(signals, fresh=fresh)
+    if redis_url:
+        from engine.redis_commands import run_command
+        from engine.submit import name_of
+
+        execute(run_command(redis_url, campaign, options, name_of(where.jobs_file, name), start))
     if start is not None:
         _check_results(options.results, campaign.path)
-    _execute(start_at(campaign, options, Console(highlight=False), start))
-
-
-def _start(campaign: Campaign) -> datetime | None:
-    """The file's ``schedule.at``; a ``cron`` file is refused, as ``run`` runs once."""
-    schedule = campaign.schedule
-    if schedule is not None and schedule.cron is not None:
-        fail(
-            f"{campaign.path}: schedule.cron {schedule.cron!r} repeats: run it with "
-            "`follow-engine schedule` (or once now with `run --now`); nothing sent"
-        )
-    return schedule.at if schedule is not None else None
+    execute(start_at(campaign, options, Console(highlight=False), start))
 
 
 def _check_results(results: Path, jobs_file: Path) -> None:
@@ -167,67 +158,6 @@ def _print_dry_run(campaign: Campaign, results: Path, fresh: bool) -> None:
 
 
 @main.command()
-@read_options
-@click.option("--strict", is_flag=True, help="Also report follows the file does not list.")
-@click.option("--json", "as_json", is_flag=True, help="Print the drift as JSON.")
-def verify(strict: bool, as_json: bool, **target: Any) -> None:
-    """Compare what each account of JOBS.yaml follows on the exchange, and with which
-    settings, with the file: exit 0 when they agree, 1 on drift, 2 on bad input (api v1)."""
-    import asyncio
-
-    from engine.launch import read_exchange
-    from engine.verify import verify as read_drift
-    from engine.yamlread import printable
-
-    campaign = Target(**target).checked()
-    if not campaign.settings.api.readable:
-        fail(
-            f"{campaign.path}: verify reads follows back by leader account id, which only "
-            "api v1 has: set settings.api to v1 (or --api v1)"
-        )
-    found = asyncio.run(read_exchange(campaign, lambda r: read_drift(r, campaign, strict=strict)))
-    if as_json:
-        body = {"drift": [d.as_json() for d in found.drift], "unread": found.unread}
-        click.echo(json.dumps(body, indent=2))
-    else:
-        for d in found.drift:
-            job = f" (job {printable(d.job)})" if d.job else ""
-            click.echo(f"account {printable(d.account)}, leader {d.leader}: {d.kind}{job}")
-            for diff in d.differences:
-                click.echo(f"    {diff.field}: file {diff.wanted} / exchange {diff.found}")
-        for account, reason in found.unread.items():
-            click.echo(f"account {printable(account)}: could not be read: {reason}")
-        if not found.drift and not found.unread:
-            click.echo(f"{campaign.path}: no drift over {len(campaign.accounts)} accounts")
-    sys.exit(EXIT_FAILED if found.drift or found.unread else EXIT_OK)
-
-
-@main.command()
-@read_options
-def check(**target: Any) -> None:
-    """Check XT's clock and, for every account of JOBS.yaml, its key and its role, sending
-    no follow: exit 0 when every account may follow, 1 when one may not."""
-    import asyncio
-
-    from engine.launch import read_exchange
-    from engine.preflight import preflight
-    from engine.yamlread import printable
-
-    campaign = Target(**target).checked()
-    accounts = campaign.accounts.values()
-    report = asyncio.run(read_exchange(campaign, lambda r: preflight(r.client, r, accounts)))
-    if (note := report.clock_note()) is not None:
-        click.echo(f"clock: {note}")
-    unchecked = False
-    for item in report.accounts:
-        verdict = item.problem.removeprefix("not sent: ") if item.problem else "ok"
-        if item.unchecked is not None:
-            verdict, unchecked = f"could not be checked: {item.unchecked}", True
-        click.echo(f"account {printable(item.account)}: {item.role or '?'}: {verdict}")
-    sys.exit(EXIT_FAILED if report.problems or unchecked else EXIT_OK)
-
-
-@main.command()
 @target_options
 @click.option("--once", is_flag=True, help="Run the next firing (or one due this minute), exit.")
 def schedule(once: bool, **target: Any) -> None:
@@ -251,7 +181,7 @@ def schedule(once: bool, **target: Any) -> None:
     options = where.run_options(signals)
     _check_results(options.results, campaign.path)
     scheduler = Scheduler(where.load, campaign, options, Console(highlight=False))
-    _execute(scheduler.run(once=once))
+    execute(scheduler.run(once=once))
 
 
 @main.command()
@@ -350,6 +280,9 @@ def simulate(
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         fail(f"simulate: cannot listen on {host}:{port}: {reason}")
 
+
+for command in (verify, check, submit, worker, status):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

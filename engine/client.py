@@ -96,7 +96,9 @@ class XtClient:
         headers: str = "xt-validate",
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.time,
+        local_addr: str | None = None,
     ) -> None:
+        """``local_addr``: the local IP address requests leave from (an egress IP of its own)."""
         self.base_url = base_url.rstrip("/")
         self.profile = profile
         self.recv_window_ms = recv_window_ms
@@ -109,11 +111,14 @@ class XtClient:
         self._timeout = aiohttp.ClientTimeout(total=2 * timeout, connect=timeout, sock_read=timeout)
         self._session = session
         self._own_session = session is None
+        self._local_addr = (local_addr, 0) if local_addr else None
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(
+                limit=0, ttl_dns_cache=300, local_addr=self._local_addr
+            )
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=self._timeout,

@@ -22,6 +22,7 @@ from engine.clock import Clock, iso_utc, wall_clock
 from engine.collector import CampaignStats, Collector
 from engine.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from engine.openfiles import SPARE_FILES, fit_open_files
+from engine.past import PastStates
 from engine.plan import DryRun, dry_run, pending
 from engine.pool import WorkerPool, local_limits
 from engine.reconcile import Reader, reconcile, reconciled_line
@@ -45,8 +46,11 @@ __all__ = [
     "fit_open_files",
     "launch_and_report",
     "launch_campaign",
+    "open_records",
     "pending",
     "read_exchange",
+    "report",
+    "show_progress",
 ]
 
 T = TypeVar("T")
@@ -79,23 +83,32 @@ def default_results_path(jobs_file: Path) -> Path:
     return jobs_file.with_suffix(".results.jsonl")
 
 
+def open_records(
+    jobs_file: Path, results: Path, fresh: bool
+) -> tuple[CampaignLock, ResultLog, PastStates]:
+    """Lock the campaign and its results file, and read what earlier runs recorded (skipped
+    lines warned about on stderr). Raises ``ResultsFileError`` when either cannot be used."""
+    lock = CampaignLock(jobs_file)
+    lock.acquire()
+    log = ResultLog(results)
+    try:
+        past = log.open(fresh=fresh, jobs_file=jobs_file)
+    except BaseException:
+        lock.release()
+        raise
+    for warning in past.warnings[:MAX_LINE_WARNINGS]:
+        print(f"warning: {warning}", file=sys.stderr)
+    if (more := len(past.warnings) - MAX_LINE_WARNINGS) > 0:
+        print(f"warning: {results}: {more} more lines skipped", file=sys.stderr)
+    return lock, log, past
+
+
 async def launch_campaign(campaign: Campaign, options: LaunchOptions) -> CampaignStats:
     """Run every job not already ok in the results file. Raises ``ResultsFileError``
     before sending anything when the results file cannot be used, or another run of the
     campaign is sending."""
-    lock = CampaignLock(campaign.path)
-    lock.acquire()
-    log = ResultLog(options.results)
+    lock, log, past = open_records(campaign.path, options.results, options.fresh)
     try:
-        past = log.open(fresh=options.fresh, jobs_file=campaign.path)
-    except BaseException:
-        lock.release()
-        raise
-    try:
-        for warning in past.warnings[:MAX_LINE_WARNINGS]:
-            print(f"warning: {warning}", file=sys.stderr)
-        if (more := len(past.warnings) - MAX_LINE_WARNINGS) > 0:
-            print(f"warning: {options.results}: {more} more lines skipped", file=sys.stderr)
         done, uncertain = past.ok_jobs(), past.uncertain_jobs()
         jobs = pending(campaign.jobs, done)
         # Never more in flight than jobs to run; an in-process simulator holds the other end
@@ -260,14 +273,7 @@ async def launch_and_report(
 
     def on_start(stats: CampaignStats) -> None:
         nonlocal display
-        if stats.skipped:
-            print(
-                f"skipping {stats.skipped} jobs already ok in {options.results}",
-                file=stream,
-                flush=True,
-            )
-        display = ProgressDisplay(stats, stream)
-        display.start()
+        display = show_progress(stats, options.results, stream)
 
     def on_result(result: JobResult) -> None:
         if display is not None:
@@ -279,8 +285,24 @@ async def launch_and_report(
     finally:
         if display is not None:
             display.close()
-    print_summary(stats, campaign.settings.rate_limit, console)
-    console.print(f"results: {options.results}", markup=False, highlight=False, soft_wrap=True)
+    return report(stats, campaign.settings.rate_limit, options.results, console, stream)
+
+
+def show_progress(stats: CampaignStats, results: Path, stream: TextIO) -> ProgressDisplay:
+    """The progress display of a campaign starting, after a word on the jobs skipped."""
+    if stats.skipped:
+        print(f"skipping {stats.skipped} jobs already ok in {results}", file=stream, flush=True)
+    display = ProgressDisplay(stats, stream)
+    display.start()
+    return display
+
+
+def report(
+    stats: CampaignStats, rate_limit: float, results: Path, console: Console, stream: TextIO
+) -> int:
+    """The summary of a campaign that ended, what went wrong, and the exit code."""
+    print_summary(stats, rate_limit, console)
+    console.print(f"results: {results}", markup=False, highlight=False, soft_wrap=True)
     if stats.write_error:
         print(
             f"error: {stats.write_error}; stopped sending. Unrecorded results follow:", file=stream

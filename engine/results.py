@@ -56,16 +56,20 @@ class JobResult:
     result: Any = None
     #: Found in place on the exchange on resume, so not sent again.
     reconciled: bool = False
+    #: The worker that sent it (distributed mode); left out of the line when None.
+    worker: str | None = None
 
     def to_json(self) -> str:
         # Not dataclasses.asdict: its deep copy is most of a line's cost, and fields are flat.
         line: dict[str, Any] = {name: getattr(self, name) for name in _LINE_FIELDS}
         line[self.leader_field] = self.leader_id
+        if self.worker is not None:
+            line["worker"] = self.worker
         return _compact(line)
 
 
 _LINE_FIELDS = tuple(
-    f.name for f in fields(JobResult) if f.name not in ("leader_field", "leader_id")
+    f.name for f in fields(JobResult) if f.name not in ("leader_field", "leader_id", "worker")
 )
 #: ``json.dumps`` with options builds an encoder per call: a third of a line's encoding.
 _compact = json.JSONEncoder(separators=(",", ":")).encode

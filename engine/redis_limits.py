@@ -1,0 +1,113 @@
+"""The limit held across every worker: ``KeyLimiter``'s lanes, kept in Redis.
+
+A limit of ``rate`` per window has ``floor(rate * window)`` lanes. A lane admits one request
+(``acquire``, the ``LANE_TAKE`` script), which holds it until the request left (``sent``: the
+lane then admits nothing for one period, counted by Redis's clock from that moment) or never
+will (``release``). Whichever worker asks, a key has at most ``rate`` requests left in any
+window, as in ``KeyLimiter``: counting from admissions alone let 13-20 requests of a key into
+one window when 200 fell due together, since a burst's requests leave up to tens of ms after
+admission and the next burst's at once.
+
+The pool calls ``sent`` from the request body's write hook, synchronously: the lane's new
+time goes to Redis in the background, the lane held until it lands. A lane held by a worker
+declared dead is free one period after the declaration: its request left before then.
+``pause`` and ``widen`` act for every worker, the margin widened once per 429 whoever met it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from engine.limiter import DEFAULT_MARGIN, MAX_MARGIN
+from engine.profiles import ACCOUNT_ENDPOINTS_RATE
+from engine.redis_store import Store, key_hash
+
+#: Milliseconds before asking again when every lane is held (admitted, not yet left).
+HELD_POLL_MS = 10
+
+
+class RedisLimiter:
+    """At most ``rate`` requests in any ``window`` seconds for one limit, over all workers."""
+
+    def __init__(
+        self, store: Store, name: str, worker: str, rate: float, margin: float, window: float = 1.0
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.worker = worker
+        self.lanes = max(1, math.floor(rate * window))
+        #: The window a lane's period stretches, in ms.
+        self.base_ms = math.ceil(max(window, self.lanes / rate) * 1000)
+        self.margin = margin
+        self.period = self.base_ms * (1 + margin) / 1000
+        self._held: set[int] = set()
+
+    async def acquire(self) -> int:
+        while True:
+            lane, wait_ms, margin = await self.store.persist(
+                "LANE_TAKE", self.name, self.lanes, self.base_ms, self.margin, self.worker
+            )
+            self._set_margin(int(margin) / 1_000_000)
+            if lane >= 0:
+                self._held.add(lane)
+                return int(lane)
+            # -1: every lane is held by a request about to leave; its time comes in a moment.
+            await asyncio.sleep((HELD_POLL_MS if wait_ms < 0 else max(int(wait_ms), 1)) / 1000)
+
+    def sent(self, lane: int) -> None:
+        self._held.discard(lane)
+        self.store.later("LANE_SENT", self.name, lane, self.worker, self.base_ms, self.margin)
+
+    def answered(self, lane: int) -> None:
+        """Nothing: across workers a lane counts one period from when its request left (Redis's
+        clock); the sooner freeing an answer allows (``KeyLimiter.answered``) is not shared."""
+
+    def release(self, lane: int) -> None:
+        if lane in self._held:
+            self._held.discard(lane)
+            self.store.later("LANE_RELEASE", self.name, lane, self.worker)
+
+    def pause(self, seconds: float) -> None:
+        self.store.later("LANE_PAUSE", self.name, math.ceil(seconds * 1000))
+
+    def widen(self) -> float:
+        seen = self.margin
+        self._set_margin(min(MAX_MARGIN, max(2 * seen, seen + DEFAULT_MARGIN)))
+        self.store.later("LANE_WIDEN", self.name, repr(seen), repr(self.margin), self.base_ms)
+        return self.margin
+
+    def _set_margin(self, margin: float) -> None:
+        if margin > self.margin:
+            self.margin = margin
+            self.period = self.base_ms * (1 + margin) / 1000
+
+
+class RedisLimits:
+    """Limits shared by every worker: one per API key, or under a per-IP rule one per egress
+    IP (a worker's ``--source-ip``; workers that name none are taken to share one)."""
+
+    def __init__(
+        self,
+        store: Store,
+        worker: str,
+        rate: float,
+        margin: float = DEFAULT_MARGIN,
+        *,
+        per_ip: bool = False,
+        source_ip: str | None = None,
+    ) -> None:
+        self.store, self.worker, self.rate, self.margin = store, worker, rate, margin
+        self.per_ip, self.source_ip = per_ip, source_ip
+
+    def key_of(self, api_key: str, account: str, *, read: bool = False) -> tuple[str, str]:
+        ip = self.source_ip or "default"
+        if self.per_ip:
+            return f"ip:{ip}", f"egress IP {self.source_ip or '(not named)'}"
+        if read:
+            return f"reads:{ip}", f"reads from egress IP {self.source_ip or '(not named)'}"
+        return f"key:{key_hash(api_key)}", account
+
+    def limiter(self, name: str) -> RedisLimiter:
+        rate = ACCOUNT_ENDPOINTS_RATE if name.startswith("reads:") else self.rate
+        return RedisLimiter(self.store, name, self.worker, rate, self.margin)
