@@ -43,6 +43,10 @@ class Env:
         paths = [str(p) for p in (self.engine_src, REPO) if p is not None]
         return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
+    def sim_vars(self) -> dict[str, str]:
+        """The simulator's process: always this tree's, whichever engine it serves."""
+        return {**os.environ, "PYTHONPATH": str(REPO)}
+
     def of(self, client: str) -> Env:
         """Where ``client`` runs from: the baseline's tree for ``baseline``."""
         if client.split()[0] == BASELINE:

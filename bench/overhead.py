@@ -72,7 +72,7 @@ def _once(requests: int, out: Path, env: Env, tag: str) -> OverheadRun:
     validate = run_measured(
         validate_command(files.jobs_yaml), out / "logs", f"{tag}-validate", env=env.vars()
     )
-    with SimProcess(files.accounts_json, 0.0, rate_limit=1e9, env=env.vars()) as sim:
+    with SimProcess(files.accounts_json, 0.0, rate_limit=1e9, env=env.sim_vars()) as sim:
         results = out / shape.name / "results.jsonl"
         argv = engine_command(files, sim.url, results, *env.engine_args, *LIFTED, env=env)
         run = run_measured(argv, out / "logs", f"{tag}-run", env=env.vars())

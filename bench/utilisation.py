@@ -111,7 +111,7 @@ def check_bound(row: UtilRow) -> None:
 def run_one(shape: Shape, latency: float, client: str, out: Path, env: Env) -> UtilRow:
     files = write_shape(shape, out / shape.name)
     name = f"{shape.name}-{latency * 1000:g}ms-{client.replace(' ', '')}"
-    with SimProcess(files.accounts_json, latency, env=env.vars()) as sim:
+    with SimProcess(files.accounts_json, latency, env=env.sim_vars()) as sim:
         results = out / shape.name / f"{name}.results.jsonl"
         argv = command(client, files, sim.url, results, env)
         usage = run_measured(argv, out / "logs", name, env=env.of(client).vars())
