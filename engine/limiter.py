@@ -14,7 +14,10 @@ done with it (``release``); until then its lane admits nothing, and after ``sent
 nothing for one period. The period's margin is a guess at how much later one request
 may arrive than another sent as soon after it left; an answer is proof: a request
 answered had arrived before its answer came. So the caller also reports each answer
-(``answered``), and the lane may go again one window after it, when that is sooner.
+(``answered``), and the lane may go again one window after it, when that is sooner. An
+answer also bounds how late its request may have arrived: one answered later after leaving
+than the key's fastest may have waited that much longer on the way in (an exchange busy
+with a burst reads its requests late), so its lane waits the excess on top of its period.
 Lanes are made as first used, so a limit lifted to 100,000/s costs nothing up front.
 
 The margin starts at ``settings.margin`` and ``widen`` doubles it when the exchange
@@ -74,6 +77,8 @@ class _Lane:
     token: int = -1
     #: Whether the lane's last admitted request left (an answer to it counts then).
     left: bool = False
+    #: Loop time its last admitted request left.
+    sent_at: float = 0.0
 
 
 class KeyLimiter:
@@ -104,6 +109,9 @@ class KeyLimiter:
         self._lanes: list[_Lane] = []
         self._admissions = 0
         self._paused_until = 0.0
+        #: The least seconds from a request leaving to its answer: the way in and back with
+        #: no wait, as near as this key has seen.
+        self._fastest = math.inf
 
     def _answer_gap(self) -> float:
         """Seconds from an answer to the lane's next request: the span, and what ``widen``
@@ -150,18 +158,22 @@ class KeyLimiter:
     def sent(self, lane: int) -> None:
         """The request admitted as ``lane`` left just now: its lane waits one period from here."""
         if (admitted := self._lane(lane)) is not None:
-            admitted.free_at = asyncio.get_running_loop().time() + self.period
+            admitted.sent_at = asyncio.get_running_loop().time()
+            admitted.free_at = admitted.sent_at + self.period
             admitted.left = True
         self.release(lane)
 
     def answered(self, lane: int) -> None:
         """The request admitted as ``lane`` was answered just now, so it had arrived: its
-        lane may go again one window from here, if that is sooner than one period after it
-        left. Whatever the jitter, the exchange sees the two at least a window apart."""
+        lane may go again one window from here, whatever the jitter, or one period after it
+        left plus however much longer than the fastest its answer took, if that is sooner."""
         admitted = self._lane(lane)
         if admitted is not None and admitted.left:
-            since = asyncio.get_running_loop().time() + self._answer_gap()
-            admitted.free_at = min(admitted.free_at, since)
+            now = asyncio.get_running_loop().time()
+            took = now - admitted.sent_at
+            self._fastest = min(self._fastest, took)
+            late = admitted.sent_at + self.period + (took - self._fastest)
+            admitted.free_at = min(late, now + self._answer_gap())
 
     def release(self, lane: int) -> None:
         """Done with the request admitted as ``lane`` (sent or not): stop holding its lane."""

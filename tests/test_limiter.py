@@ -141,6 +141,26 @@ async def test_an_answer_frees_its_lane_one_window_after_it(
 
 
 @pytest.mark.looptime
+async def test_a_lane_whose_answer_took_longer_than_the_fastest_waits_the_excess() -> None:
+    """Two requests leave together; one is answered 20 ms later, the other 80 ms: the
+    second may have reached the exchange 60 ms after the first (a busy exchange reading a
+    burst), more than the margin covers, so its lane waits those 60 ms on top of its period
+    (an answer a window ago would free it sooner, and does, at 1.08)."""
+    loop = asyncio.get_running_loop()
+    limiter = KeyLimiter(2, margin=0.05, track_sends=True)
+    start = loop.time()
+    fast, slow = await limiter.acquire(), await limiter.acquire()
+    limiter.sent(fast)
+    limiter.sent(slow)
+    await asyncio.sleep(0.02)
+    limiter.answered(fast)
+    await asyncio.sleep(0.06)
+    limiter.answered(slow)
+    times = await acquire_times(limiter, 2)
+    assert sorted(t - start for t in times) == [pytest.approx(1.02), pytest.approx(1.08)]
+
+
+@pytest.mark.looptime
 async def test_an_answer_to_an_earlier_request_of_the_lane_changes_nothing() -> None:
     loop = asyncio.get_running_loop()
     limiter = KeyLimiter(1, margin=0.05, track_sends=True)

@@ -112,6 +112,22 @@ async def _resume_one(
     return last_lines(results)[0][job.id]
 
 
+async def test_a_job_retried_writes_one_intent_line_however_many_attempts(
+    tmp_path: Path, simulator: StartSimulator
+) -> None:
+    """The intent costs one write per job, not one per attempt."""
+    sim = await simulator(accounts_of(["alice"]))
+    campaign = make_campaign({"alice": 1}, tmp_path, max_attempts=4)
+    campaign = dataclasses.replace(campaign, base_url=sim.base_url or "")
+    [job] = campaign.jobs
+    sim.script(job.leader_id, ["http503", "http503", "drop_before"])
+    results = tmp_path / "r.jsonl"
+    await launch_campaign(campaign, LaunchOptions(results=results))
+    lines = [json.loads(text) for text in results.read_text().splitlines()]
+    assert [(line["status"], line["attempts"]) for line in lines] == [("sending", 0), ("ok", 4)]
+    assert len(sim.arrivals) == 4
+
+
 async def test_under_v4_an_intent_on_record_is_sent_again_flagged_ambiguous(
     tmp_path: Path, simulator: StartSimulator
 ) -> None:
