@@ -16,8 +16,9 @@ may arrive than another sent as soon after it left; an answer is proof: a reques
 answered had arrived before its answer came. So the caller also reports each answer
 (``answered``), and the lane may go again one window after it, when that is sooner. An
 answer also bounds how late its request may have arrived: one answered later after leaving
-than the key's fastest may have waited that much longer on the way in (an exchange busy
-with a burst reads its requests late), so its lane waits the excess on top of its period.
+than the fastest answer of any key (``Fastest``, one per exchange) may have waited that much
+longer on the way in (an exchange busy with a burst reads its requests late), so its lane
+waits the excess on top of its period.
 Lanes are made as first used, so a limit lifted to 100,000/s costs nothing up front.
 
 The margin starts at ``settings.margin`` and ``widen`` doubles it when the exchange
@@ -64,6 +65,14 @@ class Limiter(Protocol):
     def widen(self) -> float: ...
 
 
+@dataclass(slots=True)
+class Fastest:
+    """The least seconds from a request leaving to its answer that the limiters sharing it
+    have seen: the way to the exchange and back with no wait, as near as known."""
+
+    seconds: float = math.inf
+
+
 @dataclass(slots=True, eq=False)
 class _Lane:
     bucket: AsyncLimiter
@@ -91,6 +100,7 @@ class KeyLimiter:
         margin: float = DEFAULT_MARGIN,
         *,
         track_sends: bool = False,
+        fastest: Fastest | None = None,
     ) -> None:
         if rate <= 0 or window <= 0 or margin < 0:
             raise ValueError("rate and window must be positive, margin not negative")
@@ -109,9 +119,7 @@ class KeyLimiter:
         self._lanes: list[_Lane] = []
         self._admissions = 0
         self._paused_until = 0.0
-        #: The least seconds from a request leaving to its answer: the way in and back with
-        #: no wait, as near as this key has seen.
-        self._fastest = math.inf
+        self._fastest = Fastest() if fastest is None else fastest
 
     def _answer_gap(self) -> float:
         """Seconds from an answer to the lane's next request: the span, and what ``widen``
@@ -171,8 +179,8 @@ class KeyLimiter:
         if admitted is not None and admitted.left:
             now = asyncio.get_running_loop().time()
             took = now - admitted.sent_at
-            self._fastest = min(self._fastest, took)
-            late = admitted.sent_at + self.period + (took - self._fastest)
+            fastest = self._fastest.seconds = min(self._fastest.seconds, took)
+            late = admitted.sent_at + self.period + (took - fastest)
             admitted.free_at = min(late, now + self._answer_gap())
 
     def release(self, lane: int) -> None:
@@ -223,7 +231,7 @@ class LocalLimits:
     """This process's limits: one ``KeyLimiter`` per API key, or one for all under a
     per-IP rule (this process is the IP's only sender). Under a per-IP rule, reads of the
     account endpoints share the one limit with follows; otherwise they have their own, at
-    ``read_rate`` per IP."""
+    ``read_rate`` per IP. All share one ``Fastest``: they send to one exchange."""
 
     def __init__(
         self,
@@ -235,6 +243,7 @@ class LocalLimits:
     ) -> None:
         self.rate, self.margin, self.per_ip, self.read_rate = rate, margin, per_ip, read_rate
         self._limiters: dict[str, Limiter] = {}
+        self._fastest = Fastest()
 
     def key_of(self, api_key: str, account: str, *, read: bool = False) -> tuple[str, str]:
         if self.per_ip:
@@ -245,6 +254,6 @@ class LocalLimits:
         limiter = self._limiters.get(name)
         if limiter is None:
             rate = self.read_rate if name == READS else self.rate
-            limiter = KeyLimiter(rate, margin=self.margin, track_sends=True)
+            limiter = KeyLimiter(rate, margin=self.margin, track_sends=True, fastest=self._fastest)
             self._limiters[name] = limiter
         return limiter

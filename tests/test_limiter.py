@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from engine.limiter import KeyLimiter
+from engine.limiter import Fastest, KeyLimiter
 from engine.simulator import max_in_window
 
 
@@ -158,6 +158,30 @@ async def test_a_lane_whose_answer_took_longer_than_the_fastest_waits_the_excess
     limiter.answered(slow)
     times = await acquire_times(limiter, 2)
     assert sorted(t - start for t in times) == [pytest.approx(1.02), pytest.approx(1.08)]
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize(("shared", "next_after"), [(True, 1.09), (False, 1.05)])
+async def test_the_fastest_answer_is_the_exchanges_shared_by_its_keys(
+    shared: bool, next_after: float
+) -> None:
+    """A key whose whole first burst was read late has no faster answer of its own to
+    compare with; another key's, from the same exchange, shows the wait."""
+    loop = asyncio.get_running_loop()
+    fastest = Fastest()
+    quick, late = (KeyLimiter(1, track_sends=True, fastest=fastest) for _ in range(2))
+    if not shared:
+        late = KeyLimiter(1, track_sends=True)
+    start = loop.time()
+    lanes = await quick.acquire(), await late.acquire()
+    quick.sent(lanes[0])
+    late.sent(lanes[1])
+    await asyncio.sleep(0.02)
+    quick.answered(lanes[0])
+    await asyncio.sleep(0.07)
+    late.answered(lanes[1])
+    await late.acquire()
+    assert loop.time() - start == pytest.approx(next_after)
 
 
 @pytest.mark.looptime
