@@ -191,9 +191,11 @@ class SimProcess:
         latency: float,
         rate_limit: float = 10.0,
         env: dict[str, str] | None = None,
+        *options: str,
     ) -> None:
+        """``options``: more of ``main``'s, e.g. ``--jitter 0.25 --per-ip``."""
         self.command = [sys.executable, "-m", "bench.simserver", "--latency", str(latency)]
-        self.command += ["--rate-limit", str(rate_limit)]
+        self.command += ["--rate-limit", str(rate_limit), *options]
         if accounts is not None:
             self.command += ["--accounts", str(accounts)]
         self.env = env
