@@ -84,10 +84,9 @@ class _Lane:
     #: The token ``acquire`` gave the lane's last admission: news of any other is about an
     #: earlier request of the lane, and changes nothing.
     token: int = -1
-    #: Whether the lane's last admitted request left (an answer to it counts then).
-    left: bool = False
-    #: Loop time its last admitted request left.
-    sent_at: float = 0.0
+    #: Loop time the lane's last admitted request left, None while it has not (an answer to
+    #: it counts only once it has).
+    sent_at: float | None = None
 
 
 class KeyLimiter:
@@ -152,7 +151,7 @@ class KeyLimiter:
                 else:
                     await asyncio.sleep(lane.free_at - loop.time())
             if self._paused_until <= loop.time():
-                lane.token, lane.left = token, False
+                lane.token, lane.sent_at = token, None
                 if self.track_sends:
                     lane.held = asyncio.Event()
                 return token
@@ -166,9 +165,8 @@ class KeyLimiter:
     def sent(self, lane: int) -> None:
         """The request admitted as ``lane`` left just now: its lane waits one period from here."""
         if (admitted := self._lane(lane)) is not None:
-            admitted.sent_at = asyncio.get_running_loop().time()
-            admitted.free_at = admitted.sent_at + self.period
-            admitted.left = True
+            admitted.sent_at = now = asyncio.get_running_loop().time()
+            admitted.free_at = now + self.period
         self.release(lane)
 
     def answered(self, lane: int) -> None:
@@ -176,11 +174,11 @@ class KeyLimiter:
         lane may go again one window from here, whatever the jitter, or one period after it
         left plus however much longer than the fastest its answer took, if that is sooner."""
         admitted = self._lane(lane)
-        if admitted is not None and admitted.left:
+        if admitted is not None and (sent_at := admitted.sent_at) is not None:
             now = asyncio.get_running_loop().time()
-            took = now - admitted.sent_at
+            took = now - sent_at
             fastest = self._fastest.seconds = min(self._fastest.seconds, took)
-            late = admitted.sent_at + self.period + (took - fastest)
+            late = sent_at + self.period + (took - fastest)
             admitted.free_at = min(late, now + self._answer_gap())
 
     def release(self, lane: int) -> None:
