@@ -19,9 +19,10 @@ from typing import Any, TextIO
 
 from rich.console import Console
 
+from engine.aio import first_of
 from engine.campaign import Campaign
 from engine.collector import Collector
-from engine.launch import LaunchOptions, open_records, report, show_progress
+from engine.launch import LaunchOptions, open_records, report, show_progress, watch_records
 from engine.profiles import LEADER_FIELDS
 from engine.redis_store import Store
 from engine.results import JobResult
@@ -73,11 +74,20 @@ async def run_followed(
         stats = collector.stats
         stats.skipped, stats.total = len(campaign.jobs) - len(jobs), len(jobs)
         display = show_progress(stats, options.results, stream)
+        lost = asyncio.Event()
+        watch = asyncio.create_task(watch_records(log, lock, collector, lost.set))
         try:
             waiting = {job.id for job in jobs}
-            await _follow(store, done, waiting, collector, options.signals.stopped())
+            await _follow(store, done, waiting, collector, options.signals.stopped(), lost)
         finally:
+            watch.cancel()
             display.close()
+        if lost.is_set():
+            print(
+                "stopped following; the workers go on, and Redis keeps their outcomes: "
+                "run this again to write them",
+                file=stream,
+            )
         stats.ended = time.monotonic()
         stats.interrupted = options.signals.requested
     finally:
@@ -92,8 +102,10 @@ async def _follow(
     waiting: set[str],
     collector: Collector,
     stopped: asyncio.Event,
+    lost: asyncio.Event,
 ) -> None:
-    """Record each waiting job's outcome once: those Redis holds now, then those to come."""
+    """Record each waiting job's outcome once: those Redis holds now, then those to come,
+    until ``stopped``, or the results file or lock ``lost`` (the outcomes stay in Redis)."""
 
     def record(job: str, line: str) -> None:
         if job in waiting:
@@ -103,7 +115,7 @@ async def _follow(
     for job, line in (await store.done_lines(done.campaign, sorted(waiting))).items():
         record(job, line)
     after = done.after
-    stop = asyncio.ensure_future(stopped.wait())
+    stop = asyncio.ensure_future(first_of(stopped.wait(), lost.wait()))
     try:
         while waiting and not stop.done() and collector.stats.write_error is None:
             news = asyncio.ensure_future(store.outcomes(done.campaign, after, BLOCK_MS))

@@ -51,6 +51,7 @@ __all__ = [
     "read_exchange",
     "report",
     "show_progress",
+    "watch_records",
 ]
 
 T = TypeVar("T")
@@ -156,7 +157,7 @@ async def launch_campaign(campaign: Campaign, options: LaunchOptions) -> Campaig
                 limits=limits,
             )
             signals.attach(pool)
-            watch = asyncio.create_task(_watch_records(log, lock, collector, pool))
+            watch = asyncio.create_task(watch_records(log, lock, collector, pool.stop))
             stack.callback(watch.cancel)
             if options.on_start is not None:
                 options.on_start(collector.stats)
@@ -244,12 +245,12 @@ async def _settle_uncertain(
     return work + list(found.again)
 
 
-async def _watch_records(
-    log: ResultLog, lock: CampaignLock, collector: Collector, pool: WorkerPool
+async def watch_records(
+    log: ResultLog, lock: CampaignLock, collector: Collector, stop: Callable[[], None]
 ) -> None:
-    """Stop sending within ``WATCH_INTERVAL`` of the results file or the campaign's lock
-    file being deleted or replaced, even while no result comes to be written: what the
-    exchange accepts from then on could not be recorded, or a second run could start."""
+    """``stop`` within ``WATCH_INTERVAL`` of the results file or the campaign's lock file
+    being deleted or replaced, even while no result comes to be written: what the exchange
+    accepts from then on could not be recorded, or a second run could start."""
     while True:
         await asyncio.sleep(WATCH_INTERVAL)
         if not log.still_there():
@@ -259,7 +260,7 @@ async def _watch_records(
         else:
             continue
         collector.lost(lost)
-        pool.stop()
+        stop()
         return
 
 

@@ -231,6 +231,33 @@ async def test_a_worker_killed_mid_campaign_loses_nothing(cluster: Cluster) -> N
     assert all(lines[job]["ambiguous"] for job in twice)
 
 
+async def test_a_results_file_deleted_while_following_stops_the_run_not_the_workers(
+    cluster: Cluster,
+) -> None:
+    """``run --redis`` notices by itself, before any outcome comes to be written (the answers
+    take 6 s), and stops; the workers go on, and a second ``run --redis`` writes every outcome."""
+    jobs = {"alice": 10}
+    await setup(cluster, jobs, SimConfig(latency=6.0))
+    await cluster.start_worker(IPS[0])
+    out, err = cluster.tmp / "run.out", cluster.tmp / "run.err"
+    args = ("run", str(cluster.jobs), "--redis", cluster.url)
+    run = await spawn(*args, env=cluster.env, out=out, err=err)
+    cluster.workers.append((run, out, err))  # stopped at the end whatever happens
+    await cluster.sim.wait_for_arrivals(10)  # every job, its answer 6 s away
+    results = cluster.tmp / "jobs.results.jsonl"
+    results.unlink()
+    done = await finish(run, out, err)
+    assert await outcome_log(cluster.url) == [], "noticed only when an outcome came"
+    assert done.code == 1, done.output
+    assert "the results file was deleted or replaced" in done.err
+    assert "the workers go on" in done.err
+    again = await run_engine(*args, env=cluster.env, workdir=cluster.tmp)
+    assert again.code == 0, again.output
+    lines, _ = last_lines(results)
+    assert len(lines) == 10 and {line["status"] for line in lines.values()} == {"ok"}
+    assert set(cluster.sim.accepted.values()) == {1}
+
+
 async def test_redis_restarted_mid_run_workers_wait_and_nothing_is_lost(
     tmp_path: Path,
 ) -> None:
