@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import defaultdict
 from dataclasses import fields
 from datetime import datetime
 from typing import Any, TextIO
@@ -21,8 +22,10 @@ from rich.console import Console
 
 from engine.aio import first_of
 from engine.campaign import Campaign
-from engine.collector import Collector
+from engine.campaign_report import epoch
+from engine.collector import CampaignStats, Collector, KeyStats
 from engine.launch import LaunchOptions, open_records, report, show_progress, watch_records
+from engine.limiter import KeyLimiter
 from engine.profiles import LEADER_FIELDS
 from engine.redis_store import Store
 from engine.results import JobResult
@@ -70,7 +73,13 @@ async def run_followed(
         jobs = [job for job in campaign.jobs if job.id not in ok_here]
         done = await submit(store, campaign, jobs, name, start)
         print(said_submitted(done), file=stream, flush=True)
-        collector = Collector(log, on_result=lambda result: display.on_result(result))
+        sends = _KeySends(campaign)
+
+        def on_result(result: JobResult) -> None:
+            sends.add(result)
+            display.on_result(result)
+
+        collector = Collector(log, on_result=on_result)
         stats = collector.stats
         stats.skipped, stats.total = len(campaign.jobs) - len(jobs), len(jobs)
         display = show_progress(stats, options.results, stream)
@@ -90,10 +99,38 @@ async def run_followed(
             )
         stats.ended = time.monotonic()
         stats.interrupted = options.signals.requested
+        sends.into(stats)
     finally:
         log.close()
         lock.release()
     return report(stats, campaign.settings.rate_limit, options.results, console, stream)
+
+
+class _KeySends:
+    """When each key's requests left, read from the outcomes, for the summary's rate per key
+    as a run on one machine gives it. (Under a per-IP limit there is no such rate: the
+    workers' addresses are not in the lines.)"""
+
+    def __init__(self, campaign: Campaign) -> None:
+        settings = campaign.settings
+        self._period = KeyLimiter(settings.rate_limit, margin=settings.margin).period
+        per_key = not settings.api.per_ip
+        self._keys = {
+            name: (account.api_key, name) for name, account in campaign.accounts.items() if per_key
+        }
+        self._times: defaultdict[str, list[float]] = defaultdict(list)
+        self._labels: dict[str, str] = {}
+
+    def add(self, result: JobResult) -> None:
+        if (key := self._keys.get(result.account)) is not None:
+            self._labels.setdefault(*key)
+            self._times[key[0]] += [t for t in map(epoch, result.sent_at) if t is not None]
+
+    def into(self, stats: CampaignStats) -> None:
+        for key, times in self._times.items():
+            counted = stats.keys[key] = KeyStats(self._labels[key], self._period)
+            for moment in sorted(times):
+                counted.sent_at(moment)
 
 
 async def _follow(

@@ -157,6 +157,13 @@ async def test_three_workers_hold_each_keys_limit_together_and_no_secret_reaches
     lines, _ = last_lines(cluster.tmp / "jobs.results.jsonl")
     assert len(lines) == 80 and {line["status"] for line in lines.values()} == {"ok"}
     assert len({line["worker"] for line in lines.values()}) >= 2  # the work was shared
+    # The summary's rate per key, from when the workers' requests left: near the limit, not past.
+    summary = " ".join(run.out.split())
+    rates = re.search(
+        r"per key \(limit 10/s\): min ([\d.]+), .* max ([\d.]+) req/s over 2 keys", summary
+    )
+    assert rates, run.out
+    assert 5 < float(rates[1]) <= float(rates[2]) <= 10
     sim = cluster.sim
     assert sim.violations == 0 and all(a.status == 200 for a in sim.arrivals)
     for account in jobs:
