@@ -82,13 +82,7 @@ class CampaignReport:
 
     @cached_property
     def sends(self) -> dict[str, list[float]]:
-        """When requests left (epoch seconds, sorted), by limiter: by account (each its own
-        API key) or, under a per-IP API, all together."""
-        by: dict[str, list[float]] = defaultdict(list)
-        for result in self.results:
-            key = ALL_KEYS if self.api.per_ip else result.account
-            by[key] += (t for t in map(epoch, result.sent_at) if t is not None)
-        return {key: sorted(times) for key, times in by.items()}
+        return sends_by_limiter(self.results, per_ip=self.api.per_ip)
 
     def busiest(self) -> tuple[str, int] | None:
         """The limiter that sent the most requests within one second, and how many."""
@@ -136,6 +130,16 @@ class CampaignReport:
             "per_ip": self.api.per_ip,
             "busiest_second": busiest and {"key": busiest[0], "requests": busiest[1]},
         }
+
+
+def sends_by_limiter(results: Iterable[JobResult], *, per_ip: bool) -> dict[str, list[float]]:
+    """When requests left (epoch seconds, sorted), by limiter: by account (each its own API
+    key) or, under a per-IP API, all together."""
+    by: dict[str, list[float]] = defaultdict(list)
+    for result in results:
+        key = ALL_KEYS if per_ip else result.account
+        by[key] += (t for t in map(epoch, result.sent_at) if t is not None)
+    return {key: sorted(times) for key, times in by.items()}
 
 
 def epoch(moment: str) -> float | None:

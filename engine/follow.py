@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import defaultdict
 from dataclasses import fields
 from datetime import datetime
 from typing import Any, TextIO
@@ -21,8 +20,8 @@ from typing import Any, TextIO
 from rich.console import Console
 
 from engine.aio import first_of
-from engine.campaign import Campaign
-from engine.campaign_report import epoch
+from engine.campaign import Campaign, Settings
+from engine.campaign_report import sends_by_limiter
 from engine.collector import CampaignStats, Collector, KeyStats
 from engine.launch import LaunchOptions, open_records, report, show_progress, watch_records
 from engine.limiter import KeyLimiter
@@ -73,10 +72,10 @@ async def run_followed(
         jobs = [job for job in campaign.jobs if job.id not in ok_here]
         done = await submit(store, campaign, jobs, name, start)
         print(said_submitted(done), file=stream, flush=True)
-        sends = _KeySends(campaign)
+        outcomes: list[JobResult] = []
 
         def on_result(result: JobResult) -> None:
-            sends.add(result)
+            outcomes.append(result)
             display.on_result(result)
 
         collector = Collector(log, on_result=on_result)
@@ -99,38 +98,24 @@ async def run_followed(
             )
         stats.ended = time.monotonic()
         stats.interrupted = options.signals.requested
-        sends.into(stats)
+        _rates_into(stats, outcomes, campaign.settings)
     finally:
         log.close()
         lock.release()
     return report(stats, campaign.settings.rate_limit, options.results, console, stream)
 
 
-class _KeySends:
-    """When each key's requests left, read from the outcomes, for the summary's rate per key
-    as a run on one machine gives it. (Under a per-IP limit there is no such rate: the
-    workers' addresses are not in the lines.)"""
-
-    def __init__(self, campaign: Campaign) -> None:
-        settings = campaign.settings
-        self._period = KeyLimiter(settings.rate_limit, margin=settings.margin).period
-        per_key = not settings.api.per_ip
-        self._keys = {
-            name: (account.api_key, name) for name, account in campaign.accounts.items() if per_key
-        }
-        self._times: defaultdict[str, list[float]] = defaultdict(list)
-        self._labels: dict[str, str] = {}
-
-    def add(self, result: JobResult) -> None:
-        if (key := self._keys.get(result.account)) is not None:
-            self._labels.setdefault(*key)
-            self._times[key[0]] += [t for t in map(epoch, result.sent_at) if t is not None]
-
-    def into(self, stats: CampaignStats) -> None:
-        for key, times in self._times.items():
-            counted = stats.keys[key] = KeyStats(self._labels[key], self._period)
-            for moment in sorted(times):
-                counted.sent_at(moment)
+def _rates_into(stats: CampaignStats, results: list[JobResult], settings: Settings) -> None:
+    """The summary's rate per key, as a run on one machine gives it, from when the workers'
+    requests left. Under a per-IP limit there is none: the workers' addresses are not in
+    the lines."""
+    if settings.api.per_ip:
+        return
+    period = KeyLimiter(settings.rate_limit, margin=settings.margin).period
+    for account, times in sends_by_limiter(results, per_ip=False).items():
+        counted = stats.keys[account] = KeyStats(account, period)
+        for moment in times:
+            counted.sent_at(moment)
 
 
 async def _follow(
