@@ -135,11 +135,16 @@ class CampaignReport:
 def sends_by_limiter(results: Iterable[JobResult], *, per_ip: bool) -> dict[str, list[float]]:
     """When requests left (epoch seconds, sorted), by limiter: by account (each its own API
     key) or, under a per-IP API, all together."""
-    by: dict[str, list[float]] = defaultdict(list)
+    by: defaultdict[str, list[float]] = defaultdict(list)
     for result in results:
-        key = ALL_KEYS if per_ip else result.account
-        by[key] += (t for t in map(epoch, result.sent_at) if t is not None)
+        add_sends(by, result, per_ip=per_ip)
     return {key: sorted(times) for key, times in by.items()}
+
+
+def add_sends(by: defaultdict[str, list[float]], result: JobResult, *, per_ip: bool) -> None:
+    """Add when ``result``'s requests left (epoch seconds) to its limiter's in ``by``."""
+    key = ALL_KEYS if per_ip else result.account
+    by[key] += (t for t in map(epoch, result.sent_at) if t is not None)
 
 
 def epoch(moment: str) -> float | None:

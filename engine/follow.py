@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import defaultdict
 from dataclasses import fields
 from datetime import datetime
 from typing import Any, TextIO
@@ -21,7 +22,7 @@ from rich.console import Console
 
 from engine.aio import first_of
 from engine.campaign import Campaign, Settings
-from engine.campaign_report import sends_by_limiter
+from engine.campaign_report import add_sends
 from engine.collector import CampaignStats, Collector, KeyStats
 from engine.launch import LaunchOptions, open_records, report, show_progress, watch_records
 from engine.limiter import KeyLimiter
@@ -72,10 +73,10 @@ async def run_followed(
         jobs = [job for job in campaign.jobs if job.id not in ok_here]
         done = await submit(store, campaign, jobs, name, start)
         print(said_submitted(done), file=stream, flush=True)
-        outcomes: list[JobResult] = []
+        sends: defaultdict[str, list[float]] = defaultdict(list)
 
         def on_result(result: JobResult) -> None:
-            outcomes.append(result)
+            add_sends(sends, result, per_ip=False)
             display.on_result(result)
 
         collector = Collector(log, on_result=on_result)
@@ -98,23 +99,23 @@ async def run_followed(
             )
         stats.ended = time.monotonic()
         stats.interrupted = options.signals.requested
-        _rates_into(stats, outcomes, campaign.settings)
+        _rates_into(stats, sends, campaign.settings)
     finally:
         log.close()
         lock.release()
     return report(stats, campaign.settings.rate_limit, options.results, console, stream)
 
 
-def _rates_into(stats: CampaignStats, results: list[JobResult], settings: Settings) -> None:
+def _rates_into(stats: CampaignStats, sends: dict[str, list[float]], settings: Settings) -> None:
     """The summary's rate per key, as a run on one machine gives it, from when the workers'
-    requests left. Under a per-IP limit there is none: the workers' addresses are not in
-    the lines."""
+    requests left (``sends``, by account). Under a per-IP limit there is none: the workers'
+    addresses are not in the lines."""
     if settings.api.per_ip:
         return
     period = KeyLimiter(settings.rate_limit, margin=settings.margin).period
-    for account, times in sends_by_limiter(results, per_ip=False).items():
+    for account, times in sends.items():
         counted = stats.keys[account] = KeyStats(account, period)
-        for moment in times:
+        for moment in sorted(times):
             counted.sent_at(moment)
 
 
