@@ -7,6 +7,8 @@ recorded. Makespan is the simulator's (first arrival to last answer), set agains
 sliding-window bound: per key, (ceil(n / rate) - 1) windows after its first request, plus the
 shortest latency. Worker CPU comes from the kernel (``os.wait4``) once each worker is stopped;
 Redis round trips are the workers' own count, EVALSHA calls Redis's (INFO commandstats).
+The same v4 campaign is also run by one ``follow-engine run`` process without Redis, against
+the same simulator: the mode the distributed one is set against (its CPU in the worker column).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 from redis import Redis
 
-from bench.clients import Env
+from bench.clients import Env, engine_command
 from bench.measure import run_measured
 from bench.redis_server import RedisServer
 from bench.shapes import Shape, write_shape
@@ -85,6 +87,23 @@ class Case:
 
 def _v1(text: str) -> str:
     return text.replace("  api: v4", "  api: v1").replace("leaderOrderId", "leaderAccountId")
+
+
+def run_single(name: str, shape: Shape, out: Path, env: Env) -> Case:
+    """The same campaign run by one process without Redis (``follow-engine run``), against
+    the same simulator: what the distributed mode is set against."""
+    directory = out / "distributed" / name
+    files = write_shape(shape, directory)
+    extra = ("--jitter", str(JITTER))
+    with SimProcess(files.accounts_json, LATENCY, 10.0, env.vars(), *extra) as sim:
+        run = run_measured(
+            engine_command(files, sim.url, directory / "results.jsonl"),
+            directory,
+            "run",
+            env=env.vars(),
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        return Case(name, 0, sim.stats(), sim.arrivals(), shape, 10.0, run.cpu, 0, 0)
 
 
 def run_case(
@@ -221,12 +240,16 @@ def measure(out: Path, env: Env) -> list[Case]:
         ("v4, 3 workers", V4, 3, False, None, None),
         ("v4, 3 workers, margin 0.1", V4, 3, False, None, 0.1),
         ("v4, 1 worker", V4, 1, False, None, None),
+        ("v4, one process, no Redis", V4, 0, False, None, None),
         ("v1, 1 worker", V1, 1, True, None, None),
         ("v1, 3 workers", V1, 3, True, None, None),
         ("v4, kill -9 of 1 of 3", KILL, 3, False, 0.33, None),
     ):
         directory = "".join(c for c in name if c.isalnum() or c == "-")
-        case = run_case(directory, shape, workers, out, env, v1=v1, kill_at=kill, margin=margin)
+        if workers:
+            case = run_case(directory, shape, workers, out, env, v1=v1, kill_at=kill, margin=margin)
+        else:
+            case = run_single(directory, shape, out, env)
         case.name = name
         print(
             f"  {name:22} makespan {case.makespan:7.3f} s (ideal {case.ideal:6.2f}), "
@@ -244,7 +267,7 @@ def render(cases: list[Case]) -> str:
         rows.append(
             [
                 f"{c.name} ({c.shape.describe()})",
-                c.workers,
+                c.workers or "- (`run`)",
                 f"{c.makespan:.3f}",
                 f"{c.ideal:.2f}",
                 f"**{c.makespan / c.ideal:.3f}**",
@@ -253,8 +276,8 @@ def render(cases: list[Case]) -> str:
                 c.max_per_ip(),
                 c.stats.duplicates,
                 f"{c.worker_cpu / n * 1000:.2f}",
-                f"{c.round_trips / n:.1f}",
-                f"{c.evalsha / n:.1f}",
+                f"{c.round_trips / n:.1f}" if c.workers else "-",
+                f"{c.evalsha / n:.1f}" if c.workers else "-",
             ]
         )
     head = [

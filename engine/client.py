@@ -32,7 +32,7 @@ from engine.answers import (
 from engine.campaign import FollowValue
 from engine.profiles import CANCEL_FOLLOW_PATH, TIME_PATH, ApiProfile
 from engine.signing import HEADER_PREFIXES, query_string, signed_headers
-from engine.wire import MAX_BODY, Ready, SentBody, describe, read_capped
+from engine.wire import MAX_BODY, Connections, OnSent, Ready, SentBody, describe, read_capped
 
 __all__ = [
     "MAX_BODY",
@@ -112,6 +112,7 @@ class XtClient:
         self._session = session
         self._own_session = session is None
         self._local_addr = (local_addr, 0) if local_addr else None
+        self._used: Connections = Connections()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -190,7 +191,7 @@ class XtClient:
         api_key: str,
         secret_key: str,
         params: Mapping[str, FollowValue],
-        on_sent: Callable[[], None] | None = None,
+        on_sent: OnSent | None = None,
         *,
         ready: Ready | None = None,
     ) -> Answer:
@@ -204,7 +205,7 @@ class XtClient:
         api_key: str,
         secret_key: str,
         leader_id: int,
-        on_sent: Callable[[], None] | None = None,
+        on_sent: OnSent | None = None,
         *,
         ready: Ready | None = None,
     ) -> Answer:
@@ -215,7 +216,7 @@ class XtClient:
     async def send(
         self,
         request: PreparedRequest,
-        on_sent: Callable[[], None] | None = None,
+        on_sent: OnSent | None = None,
         *,
         ready: Ready | None = None,
     ) -> Answer:
@@ -244,13 +245,13 @@ class XtClient:
     async def _send(
         self,
         request: PreparedRequest,
-        on_sent: Callable[[], None] | None = None,
+        on_sent: OnSent | None = None,
         ready: Ready | None = None,
     ) -> Answer:
         body = request.body.encode()
         # Also an empty body, for a GET: its write is how ``on_sent`` learns the request left.
         hooked = on_sent is not None or ready is not None
-        data = SentBody(body, on_sent, ready) if hooked else body or None
+        data = SentBody(body, on_sent, ready, self._used) if hooked else body or None
         try:
             async with self.session.request(
                 request.method,

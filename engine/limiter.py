@@ -14,11 +14,13 @@ done with it (``release``); until then its lane admits nothing, and after ``sent
 nothing for one period. The period's margin is a guess at how much later one request
 may arrive than another sent as soon after it left; an answer is proof: a request
 answered had arrived before its answer came. So the caller also reports each answer
-(``answered``), and the lane may go again one window after it, when that is sooner. An
-answer also bounds how late its request may have arrived: one answered later after leaving
-than the fastest answer of any key (``Fastest``, one per exchange) may have waited that much
-longer on the way in (an exchange busy with a burst reads its requests late), so its lane
-waits the excess on top of its period.
+(``answered``), and the lane may go again one window after it, when that is sooner. A
+request that opened its connection may arrive later than the margin allows (an exchange
+accepting a burst of new connections reads their requests late, then reads the next burst,
+on those connections, at once), and its answer bounds how late: one answered later after
+leaving than the fastest answer of any key (``Fastest``, one per exchange) may have waited
+that much longer on the way in, so its lane waits the excess on top of its period. On a
+connection in use the excess is the answer's jitter, and costs nothing.
 Lanes are made as first used, so a limit lifted to 100,000/s costs nothing up front.
 
 The margin starts at ``settings.margin`` and ``widen`` doubles it when the exchange
@@ -54,7 +56,7 @@ class Limiter(Protocol):
 
     async def acquire(self) -> int: ...
 
-    def sent(self, lane: int) -> None: ...
+    def sent(self, lane: int, opened: bool = False) -> None: ...
 
     def answered(self, lane: int) -> None: ...
 
@@ -87,6 +89,8 @@ class _Lane:
     #: Loop time the lane's last admitted request left, None while it has not (an answer to
     #: it counts only once it has).
     sent_at: float | None = None
+    #: The lane's last request was the first on its connection.
+    opened: bool = False
 
 
 class KeyLimiter:
@@ -162,24 +166,28 @@ class KeyLimiter:
         lane = self._lanes[token % self._count]
         return lane if lane.token == token else None
 
-    def sent(self, lane: int) -> None:
-        """The request admitted as ``lane`` left just now: its lane waits one period from here."""
+    def sent(self, lane: int, opened: bool = False) -> None:
+        """The request admitted as ``lane`` left just now (the first on its connection if
+        ``opened``): its lane waits one period from here."""
         if (admitted := self._lane(lane)) is not None:
             admitted.sent_at = now = asyncio.get_running_loop().time()
             admitted.free_at = now + self.period
+            admitted.opened = opened
         self.release(lane)
 
     def answered(self, lane: int) -> None:
         """The request admitted as ``lane`` was answered just now, so it had arrived: its
-        lane may go again one window from here, whatever the jitter, or one period after it
-        left plus however much longer than the fastest its answer took, if that is sooner."""
+        lane may go again one window from here, whatever the jitter, if that is sooner; and
+        if it opened its connection, not before one period after it left plus however much
+        longer than the fastest its answer took."""
         admitted = self._lane(lane)
         if admitted is not None and (sent_at := admitted.sent_at) is not None:
             now = asyncio.get_running_loop().time()
             took = now - sent_at
             fastest = self._fastest.seconds = min(self._fastest.seconds, took)
-            late = sent_at + self.period + (took - fastest)
-            admitted.free_at = min(late, now + self._answer_gap())
+            if admitted.opened:
+                admitted.free_at += took - fastest
+            admitted.free_at = min(admitted.free_at, now + self._answer_gap())
 
     def release(self, lane: int) -> None:
         """Done with the request admitted as ``lane`` (sent or not): stop holding its lane."""

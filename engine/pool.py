@@ -258,11 +258,12 @@ class WorkerPool:
         progress.attempts += 1
         job.departed_at = asyncio.get_running_loop().time()
 
-    def _left(self, key: KeyWork, job: HeldJob) -> None:
-        """``job``'s request is leaving now: its lane counts from here."""
+    def _left(self, key: KeyWork, job: HeldJob, opened: bool) -> None:
+        """``job``'s request is leaving now (the first on its connection if ``opened``): its
+        lane counts from here."""
         job.left = True
         job.progress.sent_at.append(iso_utc(self.clock(), "milliseconds"))
-        key.limiter.sent(job.lane)
+        key.limiter.sent(job.lane, opened=opened)
 
     async def _carry_out(self, key: KeyWork, job: HeldJob, step: Step) -> None:
         if step.widen_margin and job.admitted_at > key.widened_at:

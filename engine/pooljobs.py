@@ -101,33 +101,42 @@ class KeyWork:
 
     async def admit(
         self, stale_after: float, hold_back: Callable[[HeldJob], str | None]
-    ) -> HeldJob | None:
+    ) -> list[HeldJob]:
         """Wait until the limiter lets the first prepared job go, then open its gate: its
-        request leaves. It is withheld instead, and returned, if ``hold_back`` says why, or if
-        it was signed more than ``stale_after`` seconds ago (it waited out a pause)."""
-        job = self.prepared[0]
-        gate = job.gate
-        assert gate is not None
-        lane = None if gate.done() else await self.limiter.acquire()
-        self.prepared.popleft()
-        self.changed.set()
-        if lane is None or gate.done():  # its attempt ended (it found no connection, say)
-            if lane is not None:
-                self.limiter.release(lane)
-            return None
+        request leaves. It is withheld instead if ``hold_back`` says why, or if it was signed
+        more than ``stale_after`` seconds ago (it waited out a pause, or its turn among the
+        workers sharing the limit), and the lane goes to the next prepared job: a lane given
+        back is lost to workers already waiting for a later one. Returns the jobs withheld."""
+        head = self.prepared[0].gate
+        assert head is not None
+        if head.done():  # its attempt ended (it found no connection, say)
+            self.prepared.popleft()
+            self.changed.set()
+            return []
+        lane = await self.limiter.acquire()
         now = asyncio.get_running_loop().time()
-        reason = hold_back(job)
-        if reason is None and now - job.prepared_at > stale_after:
-            reason = "not sent: signed too long ago"
-        if reason is not None:
-            self.limiter.release(lane)
-            gate.set_exception(Withheld(reason))
-            return job
-        job.admitted_at = now
-        self.stats.sent_at(now)
-        self.busy += 1
-        gate.set_result(lane)
-        return None
+        withheld = []
+        while self.prepared:
+            job = self.prepared.popleft()
+            self.changed.set()
+            gate = job.gate
+            assert gate is not None
+            if gate.done():  # ended, or withheld (a pause, a stop) while the lane was awaited
+                continue
+            reason = hold_back(job)
+            if reason is None and now - job.prepared_at > stale_after:
+                reason = "not sent: signed too long ago"
+            if reason is not None:
+                gate.set_exception(Withheld(reason))
+                withheld.append(job)
+                continue
+            job.admitted_at = now
+            self.stats.sent_at(now)
+            self.busy += 1
+            gate.set_result(lane)
+            return withheld
+        self.limiter.release(lane)
+        return withheld
 
     async def admit_in_turn(
         self,
@@ -136,15 +145,16 @@ class KeyWork:
         stopping: asyncio.Event,
     ) -> None:
         """Let the prepared jobs go, in order, as the limiter admits them (``admit``), until
-        ``stopping``; one withheld comes round again first."""
+        ``stopping``; those withheld come round again first."""
         while not stopping.is_set():
             if not self.prepared:
                 self.filled.clear()
                 await self.filled.wait()
                 continue
             withheld = await self.admit(stale_after, hold_back)
-            if withheld is not None and not stopping.is_set():
-                self.put(withheld, again=True)  # prepared afresh, or dropped, in its turn
+            if not stopping.is_set():
+                for job in withheld:
+                    self.put(job, again=True)  # prepared afresh, or dropped, in its turn
 
     def done_with(self, gate: asyncio.Future[int], *, answered: bool) -> None:
         """An attempt ended: its lane given back if it was let go, the limiter told if it

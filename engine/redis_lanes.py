@@ -2,9 +2,9 @@
 ``engine.redis_lua``'s: the key prefix, then ``now`` ('' for Redis's clock), then the ARGV
 listed.
 
-``lim:NAME`` holds, per lane i, ``f<i>`` (no request before this ms) and ``h<i>`` (the worker
-holding the lane: admitted, not yet left nor released); ``p`` the ms a pause lasts until, ``m``
-the margin, ``r`` the lane to try first.
+``lim:NAME`` holds, per lane i, ``f<i>`` (no request before this ms), ``h<i>`` (the worker
+holding the lane: admitted, not yet left nor released) and ``s<i>`` (the worker whose request
+left last); ``p`` the ms a pause lasts until, ``m`` the margin, ``r`` the lane to try first.
 """
 
 from __future__ import annotations
@@ -70,10 +70,23 @@ LANE_SENT = (
 local L, h = ARGV[1] .. 'lim:' .. ARGV[3], 'h' .. ARGV[4]
 if redis.call('HGET', L, h) ~= ARGV[5] then return 0 end
 redis.call('HSET', L, 'f' .. ARGV[4], clock() + period(ARGV[6], margin(L, ARGV[7])))
+redis.call('HSET', L, 's' .. ARGV[4], ARGV[5])
 redis.call('HDEL', L, h)
 return 1
 """
 )
+
+#: ARGV: limit, lane, worker, ms. The worker's request that left last on the lane may have
+#: arrived this much later than it could have: the lane waits as much longer, unless another
+#: request has been admitted on it since.
+LANE_LATE = """
+local L, i = ARGV[1] .. 'lim:' .. ARGV[3], ARGV[4]
+if redis.call('HGET', L, 's' .. i) ~= ARGV[5] or redis.call('HEXISTS', L, 'h' .. i) == 1 then
+  return 0
+end
+redis.call('HSET', L, 'f' .. i, tonumber(redis.call('HGET', L, 'f' .. i)) + tonumber(ARGV[6]))
+return 1
+"""
 
 #: ARGV: limit, lane, worker. The lane's request never left: free it as it was.
 LANE_RELEASE = """

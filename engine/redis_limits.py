@@ -12,6 +12,12 @@ The pool calls ``sent`` from the request body's write hook, synchronously: the l
 time goes to Redis in the background, the lane held until it lands. A lane held by a worker
 declared dead is free one period after the declaration: its request left before then.
 ``pause`` and ``widen`` act for every worker, the margin widened once per 429 whoever met it.
+
+An answer does not free a lane sooner here (that would cost a round trip per request), but a
+request that opened its connection and was answered later than the worker's fastest answer
+lengthens its lane's wait by the excess (``LANE_LATE``), as ``KeyLimiter.answered`` does: an
+exchange accepting a burst of new connections may read their requests late, and the next
+burst, on those connections, at once.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 
-from engine.limiter import DEFAULT_MARGIN, MAX_MARGIN
+from engine.limiter import DEFAULT_MARGIN, MAX_MARGIN, Fastest
 from engine.profiles import ACCOUNT_ENDPOINTS_RATE
 from engine.redis_store import Store, key_hash
 
@@ -31,7 +37,14 @@ class RedisLimiter:
     """At most ``rate`` requests in any ``window`` seconds for one limit, over all workers."""
 
     def __init__(
-        self, store: Store, name: str, worker: str, rate: float, margin: float, window: float = 1.0
+        self,
+        store: Store,
+        name: str,
+        worker: str,
+        rate: float,
+        margin: float,
+        window: float = 1.0,
+        fastest: Fastest | None = None,
     ) -> None:
         self.store = store
         self.name = name
@@ -41,32 +54,51 @@ class RedisLimiter:
         self.base_ms = math.ceil(max(window, self.lanes / rate) * 1000)
         self.margin = margin
         self.period = self.base_ms * (1 + margin) / 1000
+        self._fastest = Fastest() if fastest is None else fastest
+        self._admissions = 0
+        #: Tokens admitted, not yet left nor released.
         self._held: set[int] = set()
+        #: Tokens whose request left: loop time it did, and whether it opened its connection.
+        self._left: dict[int, tuple[float, bool]] = {}
 
     async def acquire(self) -> int:
+        """A token for the lane taken: ``lane + lanes * admission``, so that news of an
+        earlier request of the lane is told apart."""
         while True:
             lane, wait_ms, margin = await self.store.persist(
                 "LANE_TAKE", self.name, self.lanes, self.base_ms, self.margin, self.worker
             )
             self._set_margin(int(margin) / 1_000_000)
             if lane >= 0:
-                self._held.add(lane)
-                return int(lane)
+                token = int(lane) + self.lanes * self._admissions
+                self._admissions += 1
+                self._held.add(token)
+                return token
             # -1: every lane is held by a request about to leave; its time comes in a moment.
             await asyncio.sleep((HELD_POLL_MS if wait_ms < 0 else max(int(wait_ms), 1)) / 1000)
 
-    def sent(self, lane: int) -> None:
+    def sent(self, lane: int, opened: bool = False) -> None:
         self._held.discard(lane)
+        self._left[lane] = (asyncio.get_running_loop().time(), opened)
+        lane %= self.lanes
         self.store.later("LANE_SENT", self.name, lane, self.worker, self.base_ms, self.margin)
 
     def answered(self, lane: int) -> None:
-        """Nothing: across workers a lane counts one period from when its request left (Redis's
-        clock); the sooner freeing an answer allows (``KeyLimiter.answered``) is not shared."""
+        """The excess of a late answer to a request that opened its connection goes to Redis;
+        an answer frees no lane sooner (``KeyLimiter.answered``): that is not shared."""
+        if (left := self._left.pop(lane, None)) is None:
+            return
+        sent_at, opened = left
+        took = asyncio.get_running_loop().time() - sent_at
+        fastest = self._fastest.seconds = min(self._fastest.seconds, took)
+        if opened and (excess := math.ceil((took - fastest) * 1000)) > 0:
+            self.store.later("LANE_LATE", self.name, lane % self.lanes, self.worker, excess)
 
     def release(self, lane: int) -> None:
+        self._left.pop(lane, None)
         if lane in self._held:
             self._held.discard(lane)
-            self.store.later("LANE_RELEASE", self.name, lane, self.worker)
+            self.store.later("LANE_RELEASE", self.name, lane % self.lanes, self.worker)
 
     def pause(self, seconds: float) -> None:
         self.store.later("LANE_PAUSE", self.name, math.ceil(seconds * 1000))
@@ -99,6 +131,8 @@ class RedisLimits:
     ) -> None:
         self.store, self.worker, self.rate, self.margin = store, worker, rate, margin
         self.per_ip, self.source_ip = per_ip, source_ip
+        #: The fastest answer this worker has seen, from any of its limits (one exchange).
+        self.fastest = Fastest()
 
     def key_of(self, api_key: str, account: str, *, read: bool = False) -> tuple[str, str]:
         ip = self.source_ip or "default"
@@ -110,4 +144,4 @@ class RedisLimits:
 
     def limiter(self, name: str) -> RedisLimiter:
         rate = ACCOUNT_ENDPOINTS_RATE if name.startswith("reads:") else self.rate
-        return RedisLimiter(self.store, name, self.worker, rate, self.margin)
+        return RedisLimiter(self.store, name, self.worker, rate, self.margin, fastest=self.fastest)

@@ -22,13 +22,13 @@ import os
 import secrets
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TextIO
 
 from engine.campaign import Account, FollowValue
-from engine.client import Answer, NotSentError, Ready, XtClient
+from engine.client import Answer, NotSentError, XtClient
 from engine.clock import iso_utc, wall_clock
 from engine.exits import EXIT_FAILED, EXIT_INTERRUPTED
 from engine.pool import GRACE_SECONDS, WorkerPool
@@ -39,6 +39,7 @@ from engine.redis_store import DEAD_AFTER, HEARTBEAT, PREFIX, Arg, RedisUnavaila
 from engine.signals import StopSignals
 from engine.submit import decode_spec
 from engine.urls import InsecureTransportError, check_transport
+from engine.wire import OnSent, Ready
 
 #: Seconds between looks for campaigns with work for this worker.
 DISCOVER_INTERVAL = 0.5
@@ -69,7 +70,7 @@ class _SendingClient(XtClient):
         api_key: str,
         secret_key: str,
         params: Mapping[str, FollowValue],
-        on_sent: Callable[[], None] | None = None,
+        on_sent: OnSent | None = None,
         *,
         ready: Ready | None = None,
     ) -> Answer:
@@ -82,7 +83,7 @@ class _SendingClient(XtClient):
         api_key: str,
         secret_key: str,
         leader_id: int,
-        on_sent: Callable[[], None] | None = None,
+        on_sent: OnSent | None = None,
         *,
         ready: Ready | None = None,
     ) -> Answer:

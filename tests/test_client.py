@@ -284,9 +284,22 @@ async def test_a_request_waits_for_ready_and_is_written_only_then(
         assert exchange.arrivals == []  # signed and connected, not yet written
         said.append("go")
 
-    answer = await client.follow(KEY, SECRET, PARAMS, lambda: said.append("sent"), ready=ready)
+    answer = await client.follow(KEY, SECRET, PARAMS, lambda _: said.append("sent"), ready=ready)
     assert answer.ok and said == ["ready?", "go", "sent"]
     assert len(exchange.arrivals) == 1
+
+
+async def test_a_request_says_whether_it_opened_its_connection(
+    client: XtClient, exchange: Simulator
+) -> None:
+    """The limiter weighs a late answer only for the first request of a connection: the
+    next, on the connection kept open, says it is not; two at once open two."""
+    opened: list[bool] = []
+    await client.follow(KEY, SECRET, PARAMS, opened.append)
+    await client.follow(KEY, SECRET, PARAMS, opened.append)
+    assert opened == [True, False]
+    await asyncio.gather(*(client.follow(KEY, SECRET, PARAMS, opened.append) for _ in range(2)))
+    assert sorted(opened[2:]) == [False, True]
 
 
 async def test_a_request_withheld_by_ready_never_leaves(
@@ -296,7 +309,7 @@ async def test_a_request_withheld_by_ready_never_leaves(
         raise Withheld("not sent: held back")
 
     with pytest.raises(Withheld, match="held back"):
-        await client.follow(KEY, SECRET, PARAMS, lambda: None, ready=ready)
+        await client.follow(KEY, SECRET, PARAMS, lambda _: None, ready=ready)
     assert tap.requests == [] and exchange.arrivals == []
 
 
@@ -310,6 +323,6 @@ async def test_a_request_held_back_past_its_timeout_was_not_sent(
 
     async with XtClient(url(exchange), V4, timeout=0.1) as client:
         with pytest.raises(NotSentError) as raised:
-            await client.follow(KEY, SECRET, PARAMS, lambda: None, ready=ready)
+            await client.follow(KEY, SECRET, PARAMS, lambda _: None, ready=ready)
     assert not isinstance(raised.value, AmbiguousError)
     assert tap.requests == []

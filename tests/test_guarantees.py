@@ -94,7 +94,7 @@ async def test_an_unexpected_error_in_an_attempt_fails_that_job_and_the_run_goes
         if api_key == "key-bob":
             if left:  # as the client does: let go by the pool, then written
                 await ready()
-                on_sent()
+                on_sent(False)
             raise ValueError("Newline, carriage return, or null byte detected in headers")
         return await real(self, api_key, secret, params, on_sent, ready=ready)
 

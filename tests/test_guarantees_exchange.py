@@ -150,7 +150,7 @@ class Throttled:
         self, api_key: str, secret: str, params: Any, on_sent: Any, *, ready: Any
     ) -> Answer:
         await ready()  # as the client does: let go by the pool, then written
-        on_sent()
+        on_sent(False)
         self.calls += 1
         if self.calls <= self.refused:
             return Answer(429, None)

@@ -92,6 +92,24 @@ async def test_a_lane_counts_from_when_its_request_left_not_from_admission(store
     assert await take(store, lanes=1) == (-1, PERIOD)
 
 
+async def test_a_late_answer_lengthens_the_wait_of_its_senders_lane_only(store: Store) -> None:
+    """The excess of a late answer (a request that opened its connection, read late) holds
+    the lane that much longer; said by another worker than the one whose request left last,
+    or once the lane is taken again, it changes nothing."""
+    await register(store, "w1", "w2")
+    lane, _ = await take(store, lanes=1)
+    await store.run("LANE_SENT", "key:k", lane, "w1", BASE, MARGIN)
+    assert await store.run("LANE_LATE", "key:k", lane, "w2", 70) == 0
+    assert await store.run("LANE_LATE", "key:k", lane, "w1", 70) == 1
+    assert await take(store, "w2", lanes=1) == (-1, PERIOD + 70)
+    clock(store).ms += PERIOD + 70
+    assert (await take(store, "w2", lanes=1))[0] == lane
+    assert await store.run("LANE_LATE", "key:k", lane, "w1", 70) == 0  # held by w2 now
+    await store.run("LANE_SENT", "key:k", lane, "w2", BASE, MARGIN)
+    assert await store.run("LANE_LATE", "key:k", lane, "w1", 70) == 0  # w2's request left last
+    assert await take(store, "w1", lanes=1) == (-1, PERIOD)
+
+
 async def test_a_released_lane_is_free_at_once_and_only_its_holder_frees_it(store: Store) -> None:
     await register(store, "w1", "w2")
     lane, _ = await take(store, lanes=1)

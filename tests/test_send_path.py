@@ -10,17 +10,21 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from engine.aio import Turns
+from engine.answers import Withheld
+from engine.campaign import Account
 from engine.client import Answer, Envelope, Ready, XtClient
-from engine.collector import CampaignStats, Collector
+from engine.collector import CampaignStats, Collector, KeyStats
+from engine.limiter import Limiter
 from engine.pool import WorkerPool
-from engine.pooljobs import BURST_PER_TURN, KEYS_PER_TURN
+from engine.pooljobs import BURST_PER_TURN, KEYS_PER_TURN, HeldJob, KeyWork
 from engine.profiles import V4
 from engine.results import ResultLog
+from engine.sources import JobProgress
 from tests.support import make_campaign
 
 
@@ -108,7 +112,7 @@ class Standing(XtClient):
         api_key: str,
         secret_key: str,
         params: Mapping[str, Any],
-        on_sent: Callable[[], None] | None = None,
+        on_sent: Callable[[bool], None] | None = None,
         *,
         ready: Ready | None = None,
     ) -> Answer:
@@ -120,7 +124,7 @@ class Standing(XtClient):
         await asyncio.sleep(self.connect)
         assert on_sent is not None and ready is not None
         await ready()
-        on_sent()
+        on_sent(False)
         n = len(self.left)
         self.events.append("left")
         self.left.append((prepared, loop.time()))
@@ -235,3 +239,42 @@ async def test_a_stop_lets_no_prepared_request_leave(tmp_path: Path) -> None:
     stats = await run_pool(tmp_path, {"alice": 20}, client, on_pool=pools.append)
     assert len(client.left) == 10 and len(client.prepared) > 10  # the next window was ready
     assert stats.ok == 10 and stats.failed == 0  # the rest never attempted: a resume sends them
+
+
+class OneLane:
+    """A limiter with one lane to give, at once; notes what is given back."""
+
+    period = 1.0
+
+    def __init__(self) -> None:
+        self.released: list[int] = []
+
+    async def acquire(self) -> int:
+        return 7
+
+    def release(self, lane: int) -> None:
+        self.released.append(lane)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("fresh", [True, False])
+async def test_a_lane_won_for_a_stale_request_goes_to_the_next_prepared(fresh: bool) -> None:
+    """A request that waited past its signature's time is withheld (it comes round again,
+    signed afresh), and the lane goes to the next prepared request: given back, it would be
+    lost to workers sharing the limit that already wait for a later one. With none fresh
+    enough, it is given back."""
+    limiter = OneLane()
+    key = KeyWork(cast(Limiter, limiter), KeyStats("alice", 1.0))
+    old, new = (HeldJob(cast(JobProgress, None), cast(Account, None), key) for _ in range(2))
+    old_gate = key.prepare(old)
+    await asyncio.sleep(3.0)
+    new_gate = key.prepare(new)
+    await asyncio.sleep(0.5 if fresh else 3.0)
+    withheld = await key.admit(2.5, lambda job: None)
+    assert isinstance(old_gate.exception(), Withheld)
+    assert withheld == ([old] if fresh else [old, new])
+    if fresh:
+        assert new_gate.result() == 7 and limiter.released == [] and key.busy == 1
+    else:
+        assert isinstance(new_gate.exception(), Withheld) and limiter.released == [7]
+    assert not key.prepared
