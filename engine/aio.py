@@ -69,3 +69,27 @@ class Turns:
                 self._left -= 1
         if waiting or self._left < self.per_turn:
             self._end_turn_soon()
+
+
+class Slots:
+    """Requests in flight at most: ``n`` of one pool's own and, when ``shared`` is given, no
+    more than it lets every pool of the process hold together (a worker serving several
+    campaigns: each request holds a connection, an open file of the process)."""
+
+    def __init__(self, n: int, shared: asyncio.Semaphore | None = None) -> None:
+        self._own = asyncio.Semaphore(n)
+        self._shared = shared
+
+    async def acquire(self) -> None:
+        await self._own.acquire()
+        if self._shared is not None:
+            try:
+                await self._shared.acquire()
+            except BaseException:
+                self._own.release()
+                raise
+
+    def release(self) -> None:
+        if self._shared is not None:
+            self._shared.release()
+        self._own.release()

@@ -66,7 +66,11 @@ def submit(redis_url: str, name: str | None, now: bool, **target: Any) -> None:
     "(repeatable). Secrets never go to Redis.",
 )
 @click.option("--source-ip", metavar="IP", help="Send from this local address (its egress IP).")
-@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight, per campaign.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="Requests in flight at most, over every campaign served.",
+)
 @click.option("--insecure", is_flag=True, help="Allow plain http:// beyond loopback.")
 def worker(
     redis_url: str,

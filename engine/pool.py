@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from functools import partial
 
-from engine.aio import Turns, first_of
+from engine.aio import Slots, Turns, first_of
 from engine.answers import Answer, Withheld
 from engine.campaign import Account, Campaign, FollowJob
 from engine.client import XtClient
@@ -61,9 +61,11 @@ class WorkerPool:
         clock: Clock = wall_clock,
         halted: Callable[[], bool] = lambda: False,
         limits: Limits | None = None,
+        shared_slots: asyncio.Semaphore | None = None,
     ) -> None:
         """``halted`` says, synchronously, that a stop was asked for (a signal handler may
-        have seen it before the loop did): no request leaves once it is true."""
+        have seen it before the loop did): no request leaves once it is true.
+        ``shared_slots``: requests in flight of every pool of this process together."""
         self.campaign = campaign
         self.settings = settings = campaign.settings
         self.client = client
@@ -73,7 +75,7 @@ class WorkerPool:
         self.limits = limits or local_limits(settings)
         self._halted = halted
         self._rng = rng or random.Random()
-        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._slots = Slots(settings.concurrency, shared_slots)
         self._turns = Turns(KEYS_PER_TURN)
         self._stale_after = settings.recv_window_ms / 1000 * STALE_SHARE
         self._keys: dict[str, KeyWork] = {}

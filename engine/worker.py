@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import math
 import os
 import secrets
@@ -27,10 +26,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TextIO
 
-from engine.campaign import Account, FollowValue
+from engine.campaign import Account, FollowValue, Settings
 from engine.client import Answer, NotSentError, XtClient
 from engine.clock import iso_utc, wall_clock
 from engine.exits import EXIT_FAILED, EXIT_INTERRUPTED
+from engine.openfiles import fit_open_files
 from engine.pool import GRACE_SECONDS, WorkerPool
 from engine.redis_collector import Outbox, RedisCollector
 from engine.redis_limits import RedisLimits
@@ -50,7 +50,8 @@ FLUSH_TIMEOUT = 10.0
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
     source_ip: str | None = None
-    #: Requests in flight at most, per campaign; None: the campaign's setting.
+    #: Requests in flight at most, over every campaign served (each campaign also keeps to its
+    #: own ``settings.concurrency``); None: the default setting's, 2048.
     concurrency: int | None = None
     insecure: bool = False
     dead_after: float = DEAD_AFTER
@@ -130,6 +131,10 @@ class Worker:
         self.stopping = False
         self._pools: dict[str, WorkerPool] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
+        #: Requests in flight over every campaign: each holds a connection, an open file.
+        wanted = options.concurrency or Settings().concurrency
+        fits, self._fewer = fit_open_files(wanted)
+        self._slots = asyncio.Semaphore(fits)
         #: Campaigns this worker will not serve, and why (said once).
         self._refused: dict[str, str] = {}
         self._registered = asyncio.Event()
@@ -145,6 +150,8 @@ class Worker:
         await self._register()
         ip = self.options.source_ip or "the default address"
         self.say(f"worker {self.id}: {len(self.credentials)} API keys, sending from {ip}")
+        if self._fewer is not None:
+            self.say(self._fewer)
         tasks = [asyncio.create_task(self._beat()), asyncio.create_task(self._discover())]
         try:
             await self.signals.stopped().wait()
@@ -289,10 +296,6 @@ class Worker:
             self.say(f"campaign {name}: not served: {exc}")
             return
         settings = campaign.settings
-        concurrency = min(settings.concurrency, self.options.concurrency or settings.concurrency)
-        campaign = dataclasses.replace(
-            campaign, settings=dataclasses.replace(settings, concurrency=concurrency)
-        )
         limits = RedisLimits(
             self.store,
             self.id,
@@ -318,7 +321,12 @@ class Worker:
         )
         collector = RedisCollector(self.outbox, cid, lambda: self.stopping)
         pool = WorkerPool(
-            campaign, client, collector, limits=limits, halted=lambda: self.signals.requested
+            campaign,
+            client,
+            collector,
+            limits=limits,
+            halted=lambda: self.signals.requested,
+            shared_slots=self._slots,
         )
         self._pools[cid] = pool
         try:

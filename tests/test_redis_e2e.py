@@ -21,7 +21,7 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from bench.redis_server import RedisServer
-from engine.simulator import SimConfig, Simulator
+from engine.simulator import SimConfig, Simulator, max_in_window
 from tests.support import (
     Finished,
     accounts_of,
@@ -51,10 +51,13 @@ class Cluster:
     #: Every engine process started (workers, and a following ``run``), stopped at the end.
     workers: list[tuple[asyncio.subprocess.Process, Path, Path]] = field(default_factory=list)
 
-    async def start_worker(self, ip: str, jobs: Path | None = None) -> asyncio.subprocess.Process:
+    async def start_worker(
+        self, ip: str, jobs: Path | None = None, *extra: str
+    ) -> asyncio.subprocess.Process:
         n = len(self.workers)
         out, err = self.tmp / f"worker{n}.out", self.tmp / f"worker{n}.err"
         args = ("worker", "--redis", self.url, "--jobs", str(jobs or self.jobs), "--source-ip", ip)
+        args += extra
         process = await spawn(*args, env=self.env, out=out, err=err)
         self.workers.append((process, out, err))
         return process
@@ -178,6 +181,39 @@ async def test_three_workers_hold_each_keys_limit_together_and_no_secret_reaches
         assert key_of(account) not in dump  # API keys only as hashes
     assert not re.search(r"[0-9a-f]{64}", dump)  # no signature either
     assert "fe:workers" not in dump  # every worker left
+
+
+async def test_a_workers_concurrency_holds_over_every_campaign_it_serves(
+    cluster: Cluster,
+) -> None:
+    """``--concurrency 2``: two requests in flight at most, though the worker serves two
+    campaigns at once (each request holds a connection, an open file of the worker)."""
+    jobs = {"alice": 4, "bob": 4}
+    await setup(cluster, jobs, SimConfig(latency=0.3))
+    assert cluster.sim.base_url is not None
+    files = [cluster.tmp / f"{account}.yaml" for account in jobs]
+    for path, account in zip(files, jobs, strict=True):
+        path.write_text(job_file({account: 4}, extra=f"base_url: {cluster.sim.base_url}\n"))
+    await cluster.start_worker(IPS[0], files[0], "--jobs", str(files[1]), "--concurrency", "2")
+    runs = await asyncio.gather(
+        *(
+            run_engine(
+                "run",
+                str(path),
+                "--redis",
+                cluster.url,
+                env=cluster.env,
+                workdir=cluster.tmp,
+                name=path.stem,
+            )
+            for path in files
+        )
+    )
+    assert [run.code for run in runs] == [0, 0], [run.output for run in runs]
+    times = sorted(a.t for a in cluster.sim.arrivals)
+    assert len(times) == 8
+    # Each answered 0.3 s after it arrived: a third in 0.29 s would be a third in flight.
+    assert max_in_window(times, 0.29) == 2
 
 
 async def test_under_v1_each_source_ip_keeps_its_own_limit(cluster: Cluster) -> None:
