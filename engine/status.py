@@ -42,16 +42,18 @@ async def _campaign(store: Store, cid: str) -> _Campaign:
     async def read(r: Any) -> list[Any]:
         pipe = r.pipeline(transaction=False)
         pipe.hget(base, "name").hgetall(f"{base}:keys").hgetall(f"{base}:taken")
-        pipe.hgetall(f"{base}:done").hgetall(f"{base}:jobs")
+        pipe.hgetall(f"{base}:done")
         return list(await pipe.execute())
 
-    name, keys, taken, done, jobs = await store.read(read)
+    name, keys, taken, done = await store.read(read)
     found = _Campaign(cid, name or cid, {account: kh for kh, account in keys.items()})
     lengths = await store.read(lambda r: _cards(r, [f"{base}:q:{kh}" for kh in keys]))
     for account, length in zip(keys.values(), lengths, strict=True):
         found.queued[account] += length
-    for job, worker in taken.items():
-        found.taken[json.loads(jobs[job])["a"]] += 1
+    # Only the jobs taken, of all the campaign's bodies: to name their accounts.
+    bodies = await store.read(lambda r: r.hmget(f"{base}:jobs", list(taken))) if taken else []
+    for worker, body in zip(taken.values(), bodies, strict=True):
+        found.taken[json.loads(body)["a"]] += 1
         found.by_worker[worker] += 1
     for line in done.values():
         outcome = json.loads(line)

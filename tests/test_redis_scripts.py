@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
+from rich.console import Console
 
 from engine.campaign import FollowJob
 from engine.redis_lanes import HELD_POLL_MS
@@ -21,6 +22,7 @@ from engine.redis_store import (
     encode_job,
     key_hash,
 )
+from engine.status import show_status
 from engine.submit import submit
 from tests.support import make_campaign
 
@@ -286,3 +288,23 @@ async def test_a_worker_leaving_gives_back_what_it_still_holds(
     assert await store.run("LEAVE", "w1") == [3, 1]
     again = await take_jobs(store, cid, "w2", 3, *keys)
     assert sorted(again[1::3]) == sorted(got[1::3])
+
+
+async def test_status_counts_each_accounts_jobs_queued_in_flight_ok_and_failed(
+    store: Store, tmp_path: Path
+) -> None:
+    campaign = make_campaign({"alice": 4, "bob": 2}, tmp_path)
+    done = await submit(store, campaign, list(campaign.jobs), "c")
+    await register(store, "w1")
+    got = await take_jobs(store, done.campaign, "w1", 3, key_hash("key-alice"))
+    ok, failed, _ = got[1::3]  # the third stays in flight
+    for job, status in ((ok, "ok"), (failed, "failed")):
+        line = f'{{"job":"{job}","status":"{status}","account":"alice","worker":"w1"}}'
+        assert await store.run("FINISH", done.campaign, "w1", job, line, status) == 1
+    console = Console(record=True, width=200)
+    await show_status(store, None, console)
+    text = console.export_text()
+    cells = [[c.strip() for c in line.split("│")] for line in text.splitlines()]
+    rows = {row[2]: row[3:7] for row in cells if len(row) == 9}  # the accounts table
+    assert rows["alice"] == ["1", "1", "1", "1"], text  # queued, in flight, ok, failed
+    assert rows["bob"] == ["2", "0", "0", "0"], text
