@@ -48,7 +48,6 @@ class SentBody(aiohttp.BytesPayload):
             except NotSentError as exc:
                 self.withheld = exc
                 raise
-        self.written = True
         # aiohttp's StreamWriter names its connection; a writer that does not is taken as new.
         connection = getattr(writer, "protocol", None)
         first = connection is None or connection not in self._used
@@ -56,6 +55,10 @@ class SentBody(aiohttp.BytesPayload):
             self._used.add(connection)
         if self._on_sent is not None:
             self._on_sent(first)
+        # Only now: should ``on_sent`` fail, nothing is written, and the request is not sent
+        # (aiohttp would report its error as the connection's, after which a request may
+        # have left).
+        self.written = True
 
     async def write(self, writer: AbstractStreamWriter) -> None:
         await self._leave(writer)

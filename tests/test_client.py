@@ -302,6 +302,20 @@ async def test_a_request_says_whether_it_opened_its_connection(
     assert sorted(opened[2:]) == [False, True]
 
 
+async def test_a_request_whose_send_hook_fails_was_not_sent(
+    client: XtClient, exchange: Simulator, tap: Tap
+) -> None:
+    """A bug in the hook that says a request leaves must not pass for a lost connection after
+    the request left (ambiguous, and sent again): nothing was written."""
+
+    def broken(opened: bool) -> None:
+        raise TypeError("a hook that does not fit")
+
+    with pytest.raises(NotSentError, match=r"not sent: .*a hook that does not fit"):
+        await client.follow(KEY, SECRET, PARAMS, broken)
+    assert tap.requests == [] and exchange.arrivals == []
+
+
 async def test_a_request_withheld_by_ready_never_leaves(
     client: XtClient, exchange: Simulator, tap: Tap
 ) -> None:
