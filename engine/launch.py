@@ -25,7 +25,7 @@ from engine.openfiles import SPARE_FILES, fit_open_files
 from engine.past import PastStates
 from engine.plan import DryRun, dry_run, pending
 from engine.pool import WorkerPool, local_limits
-from engine.reconcile import Reader, reconcile, reconciled_line
+from engine.reconcile import Reader, reconcile, reconciled_line, unread_note
 from engine.report import ProgressDisplay, print_summary
 from engine.results import CampaignLock, JobResult, ResultLog
 from engine.signals import StopSignals
@@ -231,12 +231,7 @@ async def _settle_uncertain(
         return work + [JobProgress(job, sent=True, ambiguous=True) for job in settled]
     found = await reconcile(reader, settled, campaign.accounts)
     for account, reason in found.unread.items():
-        print(
-            f"warning: could not ask the exchange about {account}'s jobs ({reason}): "
-            "sending them again, flagged ambiguous",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"warning: {unread_note(account, reason)}", file=sys.stderr, flush=True)
     collector.stats.reconciled = len(found.in_place)
     for job in found.in_place:
         line = reconciled_line(job, api.leader_field, iso_utc(options.clock(), "milliseconds"))

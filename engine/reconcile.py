@@ -23,6 +23,7 @@ from typing import Any
 
 from engine.campaign import Account, FollowJob, FollowValue, Settings
 from engine.client import Answer, XtClient
+from engine.clock import iso_utc, wall_clock
 from engine.limiter import Limits
 from engine.policy import Verdict, escalate, judge, scrub
 from engine.profiles import LEADER_CONFIG_PATH, MY_LEADERS_PATH
@@ -236,4 +237,44 @@ def reconciled_line(job: FollowJob, leader_field: str, finished_at: str) -> JobR
         finished_at=finished_at,
         sent=True,
         reconciled=True,
+    )
+
+
+async def settle_taken(
+    reader: Reader,
+    accounts: Mapping[str, Account],
+    finish: Callable[[JobResult], object],
+    warn: Callable[[str], None],
+    taken: list[JobProgress],
+) -> list[JobProgress]:
+    """Jobs a worker took from one declared dead while their attempt was on the wire (sent,
+    ambiguous): those the exchange holds in place go on record ok (``finish``), unsent; the
+    rest are returned, to send, no longer ambiguous where the exchange said it had not taken
+    them. Never raises: what could not be asked is sent again, flagged ambiguous, as it came."""
+    by_id = {p.job.id: p for p in taken}
+    try:
+        found = await reconcile(reader, [p.job for p in taken], accounts)
+    except Exception as exc:  # a bug, not the exchange (reconcile names what it could not read)
+        warn(
+            f"could not ask the exchange about {len(taken)} jobs taken from a dead worker "
+            f"({exc!r}): sending them again, flagged ambiguous"
+        )
+        return taken
+    for account, reason in found.unread.items():
+        warn(unread_note(account, reason))
+    leader_field = reader.settings.api.leader_field
+    for job in found.in_place:
+        finish(reconciled_line(job, leader_field, iso_utc(wall_clock(), "milliseconds")))
+    again = []
+    for fresh in found.again:
+        progress = by_id[fresh.job.id]
+        progress.ambiguous = fresh.ambiguous
+        again.append(progress)
+    return again
+
+
+def unread_note(account: str, reason: str) -> str:
+    return (
+        f"could not ask the exchange about {account}'s jobs ({reason}): "
+        "sending them again, flagged ambiguous"
     )

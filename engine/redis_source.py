@@ -6,6 +6,8 @@ for a retry), so that every worker sharing a limit stays busy, and a worker that
 little behind. A job taken is the worker's until its outcome is recorded: a retry stays with
 it, its progress written to Redis first so that whoever takes the job over goes on from there.
 A job taken over meanwhile (this worker was declared dead) is dropped here and never sent.
+A job taken from a worker declared dead while its attempt was on the wire is first settled
+(``settle``: the exchange asked, where it can say, whether it took it) before it is sent again.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,8 @@ from engine.campaign import Account
 from engine.redis_store import Arg, Store, decode_job, decode_progress, encode_progress
 from engine.sources import Deliver, JobProgress
 
+#: Jobs taken with an attempt on the wire -> those to send (the rest are on record already).
+Settle = Callable[[list[JobProgress]], Awaitable[list[JobProgress]]]
 #: Per limit, a worker holds at most this many windows' worth of jobs.
 TAKE_WINDOWS = 2
 #: Seconds between looks at a queue found empty, while this worker still holds jobs of it
@@ -75,6 +79,8 @@ class RedisSource:
         #: TAKE calls so far: each has an id of its own, so that one retried after its reply
         #: was lost is answered the same and takes nothing twice.
         self._takes = 0
+        #: Set where the exchange can say what it took (api v1): asked before re-sending.
+        self.settle: Settle | None = None
 
     def job_id(self, key: str, leader_id: int) -> str | None:
         """The held job following ``leader_id`` with the key of hash ``key``."""
@@ -109,8 +115,17 @@ class RedisSource:
                 if got[0] == -2:
                     self.fenced = True
                     return
+                uncertain = []
                 for i in range(1, len(got), 3):
-                    self._take(limit, got[i], got[i + 1], got[i + 2])
+                    progress = self._take(limit, got[i], got[i + 1], got[i + 2])
+                    if self.settle is not None and progress.sent and progress.ambiguous:
+                        uncertain.append(progress)
+                    else:
+                        self._deliver_taken(progress)
+                if uncertain:
+                    task = asyncio.create_task(self._settled(uncertain))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
                 if len(got) - 1 == 3 * want:
                     continue  # there may be more
                 later = int(got[0])
@@ -121,8 +136,7 @@ class RedisSource:
                 await asyncio.wait_for(wake.wait(), timeout)
             wake.clear()
 
-    def _take(self, limit: str, job_id: str, body: str, progress_text: str) -> None:
-        assert self._deliver is not None
+    def _take(self, limit: str, job_id: str, body: str, progress_text: str) -> JobProgress:
         job, key = decode_job(job_id, body)
         if job.account not in self._accounts:
             mine = self._credentials[key]
@@ -131,7 +145,24 @@ class RedisSource:
         self._jobs[job_id] = _Held(progress, limit, key, progress.attempts)
         self._follows[(key, job.leader_id)] = job_id
         self._open[limit] += 1
-        self._deliver(progress)
+        return progress
+
+    def _deliver_taken(self, progress: JobProgress) -> None:
+        assert self._deliver is not None
+        if progress.job.id in self._jobs:
+            self._deliver(progress)
+
+    async def _settled(self, uncertain: list[JobProgress]) -> None:
+        """Send again what the exchange did not take (``settle``, which never raises); forget
+        what it did: on record now."""
+        assert self.settle is not None
+        again = await self.settle(uncertain)
+        kept = {progress.job.id for progress in again}
+        for progress in uncertain:
+            if progress.job.id not in kept:
+                self._forget(progress.job.id)
+        for progress in again:
+            self._deliver_taken(progress)
 
     def retry(self, progress: JobProgress, delay: float) -> None:
         task = asyncio.create_task(self._retry(progress, delay))

@@ -32,6 +32,7 @@ from engine.clock import iso_utc, wall_clock
 from engine.exits import EXIT_FAILED, EXIT_INTERRUPTED
 from engine.openfiles import fit_open_files
 from engine.pool import GRACE_SECONDS, WorkerPool
+from engine.reconcile import Reader, settle_taken
 from engine.redis_collector import Outbox, RedisCollector
 from engine.redis_limits import RedisLimits
 from engine.redis_source import RedisSource
@@ -141,8 +142,8 @@ class Worker:
         self._beating_since: float | None = None
         store.on_change = self.say
 
-    def say(self, line: str) -> None:
-        print(f"{iso_utc(wall_clock())} {line}", file=self.stream, flush=True)
+    def say(self, *words: str) -> None:
+        print(iso_utc(wall_clock()), *words, file=self.stream, flush=True)
 
     async def run(self) -> int:
         """Serve until stopped; the exit code."""
@@ -320,6 +321,10 @@ class Worker:
             source=source,
         )
         collector = RedisCollector(self.outbox, cid, lambda: self.stopping)
+        if settings.api.readable:
+            reader = Reader(client, limits, settings, halted=lambda: self.signals.requested)
+            warn = partial(self.say, "warning:")
+            source.settle = partial(settle_taken, reader, accounts, collector.finish, warn)
         pool = WorkerPool(
             campaign,
             client,

@@ -274,6 +274,34 @@ async def test_a_worker_killed_mid_campaign_loses_nothing(cluster: Cluster) -> N
     assert all(lines[job]["ambiguous"] for job in twice)
 
 
+async def test_under_v1_a_dead_workers_follows_on_the_wire_are_asked_about_not_sent_again(
+    cluster: Cluster,
+) -> None:
+    """Killed with its requests arrived and their answers 2 s away: the worker that takes its
+    jobs asks the exchange (my-leaders) first, finds them followed, and records them ok
+    (``reconciled``) without sending them again. Nothing is accepted twice."""
+    jobs = {"alice": 3, "bob": 3}
+    await setup(cluster, jobs, SimConfig(latency=2.0, rate_limit=2, per_ip=True), v1=True)
+    victim_process = await cluster.start_worker(IPS[0])
+    out, err = cluster.tmp / "run.out", cluster.tmp / "run.err"
+    run = await spawn(
+        "run", str(cluster.jobs), "--redis", cluster.url, env=cluster.env, out=out, err=err
+    )
+    cluster.workers.append((run, out, err))  # stopped at the end whatever happens
+    await cluster.sim.wait_for_arrivals(2)  # its two per window, unanswered for 2 s
+    victim_process.kill()
+    await cluster.start_worker(IPS[1])
+    done = await finish(run, out, err)
+    assert done.code == 0, done.output
+    lines, _ = last_lines(cluster.tmp / "jobs.results.jsonl")
+    assert len(lines) == 6 and {line["status"] for line in lines.values()} == {"ok"}
+    reconciled = {job for job, line in lines.items() if line.get("reconciled")}
+    assert len(reconciled) == 2, lines
+    assert set(cluster.sim.accepted.values()) == {1}  # none sent twice
+    assert len(cluster.sim.accepted) == 6
+    assert all(not lines[job]["ambiguous"] for job in reconciled)
+
+
 async def test_a_results_file_deleted_while_following_stops_the_run_not_the_workers(
     cluster: Cluster,
 ) -> None:
