@@ -58,6 +58,8 @@ class Case:
     #: The kill case: seconds from the kill until its jobs were taken again, and outcomes.
     retaken_after: float | None = None
     outcomes: Counter[str] | None = None
+    #: The kill case: outcomes found in place at the exchange, recorded without sending (v1).
+    reconciled: int = 0
 
     @property
     def makespan(self) -> float:
@@ -188,11 +190,22 @@ def _measure(
         cpu += usage.ru_utime + usage.ru_stime
         err.close()
         trips += sum(int(w) for w in _trips(Path(err.name).read_text()))
-    outcomes = _outcomes(client) if kill_at is not None else None
+    outcomes, reconciled = _outcomes(client) if kill_at is not None else (None, 0)
     client.close()
     stats = sim.stats()
     return Case(
-        name, workers, stats, sim.arrivals(), shape, rate, cpu, trips, evalsha, retaken, outcomes
+        name,
+        workers,
+        stats,
+        sim.arrivals(),
+        shape,
+        rate,
+        cpu,
+        trips,
+        evalsha,
+        retaken,
+        outcomes,
+        reconciled,
     )
 
 
@@ -229,9 +242,12 @@ def _kill_one(client: Redis, sim: SimProcess, procs: list[Any], after: int) -> f
         time.sleep(0.02)
 
 
-def _outcomes(client: Redis) -> Counter[str]:
+def _outcomes(client: Redis) -> tuple[Counter[str], int]:
+    """Outcomes logged per job, and how many were found in place (reconciled, unsent)."""
     [log] = client.keys("fe:c:*:log")
-    return Counter(fields["j"] for _, fields in client.xrange(log))
+    entries = [fields for _, fields in client.xrange(log)]
+    reconciled = sum(1 for fields in entries if '"reconciled":true' in fields["l"])
+    return Counter(fields["j"] for fields in entries), reconciled
 
 
 def measure(out: Path, env: Env) -> list[Case]:
@@ -244,6 +260,7 @@ def measure(out: Path, env: Env) -> list[Case]:
         ("v1, 1 worker", V1, 1, True, None, None),
         ("v1, 3 workers", V1, 3, True, None, None),
         ("v4, kill -9 of 1 of 3", KILL, 3, False, 0.33, None),
+        ("v1, kill -9 of 1 of 3", V1, 3, True, 0.33, None),
     ):
         directory = "".join(c for c in name if c.isalnum() or c == "-")
         if workers:
@@ -307,9 +324,10 @@ def render(cases: list[Case]) -> str:
         if c.outcomes is not None:
             once = sum(1 for n in c.outcomes.values() if n == 1)
             lines.append(
-                f"- kill -9 of one of 3 workers: its jobs taken again after "
+                f"- {c.name}: its jobs taken again after "
                 f"**{c.retaken_after:.2f} s**; "
-                f"follows sent twice: {c.stats.duplicates}; outcomes recorded exactly once: "
+                f"follows sent twice: {c.stats.duplicates}; found in place at the exchange "
+                f"and recorded unsent: {c.reconciled}; outcomes recorded exactly once: "
                 f"{once}/{c.shape.jobs} ({len(c.outcomes)} jobs recorded)."
             )
     return "\n".join(lines)
