@@ -11,9 +11,6 @@ from __future__ import annotations
 
 from engine.redis_lua import NOW
 
-#: Milliseconds before asking again while a lane is held (admitted, not yet left).
-HELD_POLL_MS = 10
-
 #: A lane's period in ms: the window it stretches (ms), lengthened by the margin (the larger of
 #: the caller's and the one stored).
 _PERIOD = """
@@ -25,13 +22,11 @@ local function period(base, m)
 end
 """
 
-#: ARGV: limit, lanes, base ms, margin, worker. Returns {lane or -1, ms to wait when -1 (-1:
-#: every lane is held; at most ``HELD_POLL_MS`` while any is: it may be given back any moment,
-#: and is then free at once), the margin in millionths}.
+#: ARGV: limit, lanes, base ms, margin, worker. Returns {lane or -1, ms to wait when -1,
+#: the margin in millionths}.
 LANE_TAKE = (
     NOW
     + _PERIOD
-    + f"local held_poll = {HELD_POLL_MS}\n"
     + """
 local P, L, n = ARGV[1], ARGV[1] .. 'lim:' .. ARGV[3], tonumber(ARGV[4])
 local wid, now = ARGV[7], clock()
@@ -41,7 +36,7 @@ local mm = math.floor(m * 1000000 + 0.5)
 local paused = tonumber(redis.call('HGET', L, 'p') or '0')
 if paused > now then return {-1, paused - now, mm} end
 local start = tonumber(redis.call('HGET', L, 'r') or '0') % n
-local wait, held = -1, false
+local wait = -1
 for k = 0, n - 1 do
   local i = (start + k) % n
   local holder = redis.call('HGET', L, 'h' .. i)
@@ -60,11 +55,8 @@ for k = 0, n - 1 do
       return {i, 0, mm}
     end
     if wait < 0 or free - now < wait then wait = free - now end
-  else
-    held = true
   end
 end
-if held and wait > held_poll then wait = held_poll end
 return {-1, wait, mm}
 """
 )

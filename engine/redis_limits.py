@@ -27,8 +27,10 @@ import math
 
 from engine.limiter import DEFAULT_MARGIN, MAX_MARGIN, Fastest
 from engine.profiles import ACCOUNT_ENDPOINTS_RATE
-from engine.redis_lanes import HELD_POLL_MS
 from engine.redis_store import Store, key_hash
+
+#: Milliseconds before asking again when every lane is held (admitted, not yet left).
+HELD_POLL_MS = 10
 
 
 class RedisLimiter:

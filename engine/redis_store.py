@@ -157,10 +157,7 @@ class Store:
             name: client.register_script(getattr(module, name))
             for module in (redis_lua, redis_lanes)
             for name in dir(module)
-            if name.isupper()
-            and not name.startswith("_")
-            and name != "NOW"
-            and isinstance(getattr(module, name), str)
+            if name.isupper() and not name.startswith("_") and name != "NOW"
         }
         self._background: set[asyncio.Task[Any]] = set()
 

@@ -12,7 +12,6 @@ import pytest_asyncio
 from rich.console import Console
 
 from engine.campaign import FollowJob
-from engine.redis_lanes import HELD_POLL_MS
 from engine.redis_store import (
     Store,
     campaign_id,
@@ -120,21 +119,6 @@ async def test_a_released_lane_is_free_at_once_and_only_its_holder_frees_it(stor
     assert await take(store, "w2", lanes=1) == (-1, -1)
     assert await store.run("LANE_RELEASE", "key:k", lane, "w1") == 1
     assert (await take(store, "w2", lanes=1))[0] == lane
-
-
-async def test_while_a_lane_is_held_a_worker_asks_again_soon_not_at_the_next_free_lane(
-    store: Store,
-) -> None:
-    """A held lane may be given back (its request not sent) and is then free at once: a
-    worker told to sleep until the next lane frees by the clock would leave it idle a period."""
-    await register(store, "w1", "w2")
-    sent, _ = await take(store, lanes=2)
-    await store.run("LANE_SENT", "key:k", sent, "w1", BASE, MARGIN)
-    held, _ = await take(store, lanes=2)
-    assert await take(store, "w2", lanes=2) == (-1, HELD_POLL_MS)
-    await store.run("LANE_RELEASE", "key:k", held, "w1")
-    assert await take(store, "w2", lanes=2) == (held, 0)
-    assert await take(store, "w1", lanes=2) == (-1, HELD_POLL_MS)  # w2 holds it now
 
 
 async def test_a_pause_holds_every_lane_for_every_worker(store: Store) -> None:
