@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,8 +89,7 @@ class RedisSource:
     def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
         self._feeders = [asyncio.create_task(self._feed(name)) for name in self._queues]
-        task = asyncio.create_task(self._all_fed())
-        self._tasks.add(task)
+        self._spawn(self._all_fed())
 
     async def _all_fed(self) -> None:
         await asyncio.gather(*self._feeders, return_exceptions=True)
@@ -123,9 +122,7 @@ class RedisSource:
                     else:
                         self._deliver_taken(progress)
                 if uncertain:
-                    task = asyncio.create_task(self._settled(uncertain))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._spawn(self._settled(uncertain))
                 if len(got) - 1 == 3 * want:
                     continue  # there may be more
                 later = int(got[0])
@@ -165,7 +162,11 @@ class RedisSource:
             self._deliver_taken(progress)
 
     def retry(self, progress: JobProgress, delay: float) -> None:
-        task = asyncio.create_task(self._retry(progress, delay))
+        self._spawn(self._retry(progress, delay))
+
+    def _spawn(self, work: Coroutine[None, None, None]) -> None:
+        """``work`` in the background, cancelled by ``stop``."""
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
