@@ -76,16 +76,31 @@ return 1
 """
 )
 
-#: ARGV: limit, lane, worker, ms. The worker's request that left last on the lane may have
-#: arrived this much later than it could have: the lane waits as much longer, unless another
-#: request has been admitted on it since.
+#: ARGV: exchange, ms. A worker's fastest answer yet, this many ms after its request left:
+#: the least of every worker's is kept, per exchange (a campaign).
+FASTEST = """
+local F = ARGV[1] .. 'fastest:' .. ARGV[3]
+local seen = tonumber(redis.call('GET', F) or '-1')
+if seen < 0 or tonumber(ARGV[4]) < seen then redis.call('SET', F, ARGV[4]) end
+return 1
+"""
+
+#: ARGV: limit, lane, worker, ms, exchange. The worker's request that left last on the lane
+#: opened its connection and was answered this many ms after it left: it may have arrived as
+#: much later than the fastest answer any worker has seen (``FASTEST``) as it took longer, and
+#: the lane waits that much longer, unless another request has been admitted on it since.
+#: Returns the ms added.
 LANE_LATE = """
 local L, i = ARGV[1] .. 'lim:' .. ARGV[3], ARGV[4]
-if redis.call('HGET', L, 's' .. i) ~= ARGV[5] or redis.call('HEXISTS', L, 'h' .. i) == 1 then
+local took = tonumber(ARGV[6])
+local fastest = tonumber(redis.call('GET', ARGV[1] .. 'fastest:' .. ARGV[7]) or ARGV[6])
+local excess = took - math.min(took, fastest)
+if excess <= 0 or redis.call('HGET', L, 's' .. i) ~= ARGV[5]
+    or redis.call('HEXISTS', L, 'h' .. i) == 1 then
   return 0
 end
-redis.call('HSET', L, 'f' .. i, tonumber(redis.call('HGET', L, 'f' .. i)) + tonumber(ARGV[6]))
-return 1
+redis.call('HSET', L, 'f' .. i, tonumber(redis.call('HGET', L, 'f' .. i)) + excess)
+return excess
 """
 
 #: ARGV: limit, lane, worker. The lane's request never left: free it as it was.

@@ -14,10 +14,12 @@ declared dead is free one period after the declaration: its request left before 
 ``pause`` and ``widen`` act for every worker, the margin widened once per 429 whoever met it.
 
 An answer does not free a lane sooner here (that would cost a round trip per request), but a
-request that opened its connection and was answered later than the worker's fastest answer
-lengthens its lane's wait by the excess (``LANE_LATE``), as ``KeyLimiter.answered`` does: an
-exchange accepting a burst of new connections may read their requests late, and the next
-burst, on those connections, at once.
+request that opened its connection and was answered later than the fastest answer of any
+worker lengthens its lane's wait by the excess (``LANE_LATE``), as ``KeyLimiter.answered``
+does: an exchange accepting a burst of new connections may read their requests late, and
+the next burst, on those connections, at once. A worker whose whole first burst was read
+late has no faster answer of its own to tell, so each worker's fastest goes to Redis
+(``FASTEST``, when it improves: a few times a run) and the excess is taken there.
 """
 
 from __future__ import annotations
@@ -45,10 +47,13 @@ class RedisLimiter:
         margin: float,
         window: float = 1.0,
         fastest: Fastest | None = None,
+        exchange: str = "",
     ) -> None:
+        """``exchange``: what shares the fastest answer across workers (a campaign's id)."""
         self.store = store
         self.name = name
         self.worker = worker
+        self.exchange = exchange
         self.lanes = max(1, math.floor(rate * window))
         #: The window a lane's period stretches, in ms.
         self.base_ms = math.ceil(max(window, self.lanes / rate) * 1000)
@@ -84,15 +89,20 @@ class RedisLimiter:
         self.store.later("LANE_SENT", self.name, lane, self.worker, self.base_ms, self.margin)
 
     def answered(self, lane: int) -> None:
-        """The excess of a late answer to a request that opened its connection goes to Redis;
-        an answer frees no lane sooner (``KeyLimiter.answered``): that is not shared."""
+        """How long a request that opened its connection took goes to Redis, and this
+        worker's fastest answer when it improves; an answer frees no lane sooner
+        (``KeyLimiter.answered``): that is not shared."""
         if (left := self._left.pop(lane, None)) is None:
             return
         sent_at, opened = left
         took = asyncio.get_running_loop().time() - sent_at
-        fastest = self._fastest.seconds = min(self._fastest.seconds, took)
-        if opened and (excess := math.ceil((took - fastest) * 1000)) > 0:
-            self.store.later("LANE_LATE", self.name, lane % self.lanes, self.worker, excess)
+        if took < self._fastest.seconds:
+            self._fastest.seconds = took
+            self.store.later("FASTEST", self.exchange, math.floor(took * 1000))
+        if opened:
+            took_ms = math.ceil(took * 1000)
+            name, worker = self.name, self.worker
+            self.store.later("LANE_LATE", name, lane % self.lanes, worker, took_ms, self.exchange)
 
     def release(self, lane: int) -> None:
         self._left.pop(lane, None)
@@ -128,9 +138,11 @@ class RedisLimits:
         *,
         per_ip: bool = False,
         source_ip: str | None = None,
+        exchange: str = "",
     ) -> None:
+        """``exchange``: what shares the fastest answer across workers (a campaign's id)."""
         self.store, self.worker, self.rate, self.margin = store, worker, rate, margin
-        self.per_ip, self.source_ip = per_ip, source_ip
+        self.per_ip, self.source_ip, self.exchange = per_ip, source_ip, exchange
         #: The fastest answer this worker has seen, from any of its limits (one exchange).
         self.fastest = Fastest()
 
@@ -144,4 +156,12 @@ class RedisLimits:
 
     def limiter(self, name: str) -> RedisLimiter:
         rate = ACCOUNT_ENDPOINTS_RATE if name.startswith("reads:") else self.rate
-        return RedisLimiter(self.store, name, self.worker, rate, self.margin, fastest=self.fastest)
+        return RedisLimiter(
+            self.store,
+            name,
+            self.worker,
+            rate,
+            self.margin,
+            fastest=self.fastest,
+            exchange=self.exchange,
+        )

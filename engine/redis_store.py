@@ -13,7 +13,8 @@ worker's id; no secret and no API key is ever written, only their hashes):
 - ``c:{c}:done`` hash job -> its results line; ``c:{c}:log`` stream of (job, line), in order
 - ``workers`` zset w -> last heartbeat (ms); ``worker:{w}`` hash of what it tells ``status``;
   ``w:{w}:held`` set "c:job"; ``dead`` zset w -> when declared dead
-- ``lim:{name}`` hash: one limit's lanes (``engine.redis_lua``)
+- ``lim:{name}`` hash: one limit's lanes (``engine.redis_lanes``); ``fastest:{c}`` the
+  fastest answer any worker has seen in the campaign (ms)
 
 Every call either completes or raises ``RedisUnavailable``; ``persist`` waits for Redis to
 come back instead, for steps that must happen before anything more is sent.

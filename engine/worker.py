@@ -304,6 +304,7 @@ class Worker:
             settings.margin,
             per_ip=settings.api.per_ip,
             source_ip=self.options.source_ip,
+            exchange=cid,
         )
         queues: dict[str, list[str]] = {}
         for key in keys:

@@ -95,20 +95,24 @@ async def test_a_lane_counts_from_when_its_request_left_not_from_admission(store
 
 
 async def test_a_late_answer_lengthens_the_wait_of_its_senders_lane_only(store: Store) -> None:
-    """The excess of a late answer (a request that opened its connection, read late) holds
-    the lane that much longer; said by another worker than the one whose request left last,
-    or once the lane is taken again, it changes nothing."""
+    """A request that opened its connection, answered 90 ms after it left where another
+    worker's fastest took 20 (this worker's first burst read late, every answer of it slow),
+    holds its lane 70 ms longer; said of a lane another worker's request left on last, or
+    that is taken again, it changes nothing."""
     await register(store, "w1", "w2")
     lane, _ = await take(store, lanes=1)
     await store.run("LANE_SENT", "key:k", lane, "w1", BASE, MARGIN)
-    assert await store.run("LANE_LATE", "key:k", lane, "w2", 70) == 0
-    assert await store.run("LANE_LATE", "key:k", lane, "w1", 70) == 1
+    assert await store.run("LANE_LATE", "key:k", lane, "w1", 90, "x") == 0  # none faster yet
+    await store.run("FASTEST", "x", 20)
+    await store.run("FASTEST", "x", 35)  # not faster: kept at 20
+    assert await store.run("LANE_LATE", "key:k", lane, "w2", 90, "x") == 0  # not its request
+    assert await store.run("LANE_LATE", "key:k", lane, "w1", 90, "x") == 70
     assert await take(store, "w2", lanes=1) == (-1, PERIOD + 70)
     clock(store).ms += PERIOD + 70
     assert (await take(store, "w2", lanes=1))[0] == lane
-    assert await store.run("LANE_LATE", "key:k", lane, "w1", 70) == 0  # held by w2 now
+    assert await store.run("LANE_LATE", "key:k", lane, "w1", 90, "x") == 0  # held by w2 now
     await store.run("LANE_SENT", "key:k", lane, "w2", BASE, MARGIN)
-    assert await store.run("LANE_LATE", "key:k", lane, "w1", 70) == 0  # w2's request left last
+    assert await store.run("LANE_LATE", "key:k", lane, "w1", 90, "x") == 0  # w2's left last
     assert await take(store, "w1", lanes=1) == (-1, PERIOD)
 
 
