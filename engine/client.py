@@ -60,6 +60,10 @@ class PreparedRequest:
     url: str
     body: str
     headers: dict[str, str]
+    #: Whose request it is, and the leader it follows or stops following (None for a read):
+    #: what a caller that tracks follows elsewhere (a worker, in Redis) knows it by.
+    api_key: str = ""
+    leader_id: int | None = None
 
     def redacted(self) -> dict[str, str]:
         """Headers fit to print: the signature replaced."""
@@ -145,13 +149,17 @@ class XtClient:
         self, api_key: str, secret_key: str, params: Mapping[str, FollowValue]
     ) -> PreparedRequest:
         """The follow request, signed now. The signed body is the body sent."""
-        return self._signed(api_key, secret_key, "POST", self.profile.path, body=params)
+        leader = int(params[self.profile.leader_field])
+        path = self.profile.path
+        return self._signed(api_key, secret_key, "POST", path, body=params, leader_id=leader)
 
     def prepare_cancel(self, api_key: str, secret_key: str, leader_id: int) -> PreparedRequest:
         """Stop following ``leader_id``: POST with the leader in the query, as XT's Java SDK
         sends it (``cancel-follow``, a v1 endpoint)."""
         query = {self.profile.leader_field: leader_id}
-        return self._signed(api_key, secret_key, "POST", CANCEL_FOLLOW_PATH, query=query)
+        return self._signed(
+            api_key, secret_key, "POST", CANCEL_FOLLOW_PATH, query=query, leader_id=leader_id
+        )
 
     def prepare_read(
         self, api_key: str, secret_key: str, path: str, query: Mapping[str, object] | None = None
@@ -168,6 +176,7 @@ class XtClient:
         *,
         query: Mapping[str, object] | None = None,
         body: Mapping[str, FollowValue] | None = None,
+        leader_id: int | None = None,
     ) -> PreparedRequest:
         """A request signed now: the body or the query signed is the one sent."""
         text = encode_body(body) if body is not None else ""
@@ -184,7 +193,7 @@ class XtClient:
         )
         headers["Content-Type"] = "application/json"
         url = self.base_url + path + (f"?{target}" if target else "")
-        return PreparedRequest(method, url, text, headers)
+        return PreparedRequest(method, url, text, headers, api_key, leader_id)
 
     async def follow(
         self,

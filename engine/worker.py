@@ -26,21 +26,20 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TextIO
 
-from engine.campaign import Account, FollowValue, Settings
-from engine.client import Answer, NotSentError, XtClient
+from engine.campaign import Account, Settings
 from engine.clock import iso_utc, wall_clock
 from engine.exits import EXIT_FAILED, EXIT_INTERRUPTED
 from engine.openfiles import fit_open_files
 from engine.pool import GRACE_SECONDS, WorkerPool
 from engine.reconcile import Reader, settle_taken
+from engine.redis_client import FlightClient
 from engine.redis_collector import Outbox, RedisCollector
 from engine.redis_limits import RedisLimits
 from engine.redis_source import RedisSource
-from engine.redis_store import DEAD_AFTER, HEARTBEAT, PREFIX, Arg, RedisUnavailable, Store, key_hash
+from engine.redis_store import DEAD_AFTER, HEARTBEAT, PREFIX, Arg, RedisUnavailable, Store
 from engine.signals import StopSignals
 from engine.submit import decode_spec
 from engine.urls import InsecureTransportError, check_transport
-from engine.wire import OnSent, Ready
 
 #: Seconds between looks for campaigns with work for this worker.
 DISCOVER_INTERVAL = 0.5
@@ -56,62 +55,6 @@ class WorkerOptions:
     concurrency: int | None = None
     insecure: bool = False
     dead_after: float = DEAD_AFTER
-
-
-class _SendingClient(XtClient):
-    """One campaign's client at one worker: an attempt leaves only once Redis has marked it on
-    the wire, which it does only while the job is still this worker's."""
-
-    def __init__(self, *args: Any, source: RedisSource, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._source = source
-        self._hashes: dict[str, str] = {}
-
-    async def follow(
-        self,
-        api_key: str,
-        secret_key: str,
-        params: Mapping[str, FollowValue],
-        on_sent: OnSent | None = None,
-        *,
-        ready: Ready | None = None,
-    ) -> Answer:
-        leader = int(params[self.profile.leader_field])
-        marked = self._marked(api_key, leader, ready)
-        return await super().follow(api_key, secret_key, params, on_sent, ready=marked)
-
-    async def unfollow(
-        self,
-        api_key: str,
-        secret_key: str,
-        leader_id: int,
-        on_sent: OnSent | None = None,
-        *,
-        ready: Ready | None = None,
-    ) -> Answer:
-        marked = self._marked(api_key, leader_id, ready)
-        return await super().unfollow(api_key, secret_key, leader_id, on_sent, ready=marked)
-
-    def _marked(self, api_key: str, leader: int, ready: Ready | None) -> Ready:
-        """``ready``, then the FLIGHT mark: the last step before the request is written."""
-
-        async def marked() -> None:
-            if ready is not None:
-                await ready()
-            await self._on_the_wire(api_key, leader)
-
-        return marked
-
-    async def _on_the_wire(self, api_key: str, leader: int) -> None:
-        """Mark the job's attempt on the wire in Redis (its intent), or raise: not sent."""
-        key = self._hashes.get(api_key) or self._hashes.setdefault(api_key, key_hash(api_key))
-        source = self._source
-        job = source.job_id(key, leader)
-        mine = job is not None and await source.store.persist(
-            "FLIGHT", source.campaign, source.worker, job
-        )
-        if not mine:
-            raise NotSentError("not sent: the job went to another worker")
 
 
 class Worker:
@@ -312,7 +255,7 @@ class Worker:
             queues.setdefault(limits.key_of(mine.api_key, mine.name)[0], []).append(key)
         lanes = {name: limits.limiter(name).lanes for name in queues}
         source = RedisSource(self.store, cid, self.id, queues, lanes, self.credentials, accounts)
-        client = _SendingClient(
+        client = FlightClient(
             campaign.base_url,
             settings.api,
             timeout=settings.timeout,
