@@ -94,7 +94,7 @@ LANE_LATE = """
 local L, i = ARGV[1] .. 'lim:' .. ARGV[3], ARGV[4]
 local took = tonumber(ARGV[6])
 local fastest = tonumber(redis.call('GET', ARGV[1] .. 'fastest:' .. ARGV[7]) or ARGV[6])
-local excess = took - math.min(took, fastest)
+local excess = took - fastest
 if excess <= 0 or redis.call('HGET', L, 's' .. i) ~= ARGV[5]
     or redis.call('HEXISTS', L, 'h' .. i) == 1 then
   return 0

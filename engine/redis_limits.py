@@ -101,8 +101,9 @@ class RedisLimiter:
             self.store.later("FASTEST", self.exchange, math.floor(took * 1000))
         if opened:
             took_ms = math.ceil(took * 1000)
-            name, worker = self.name, self.worker
-            self.store.later("LANE_LATE", name, lane % self.lanes, worker, took_ms, self.exchange)
+            self.store.later(
+                "LANE_LATE", self.name, lane % self.lanes, self.worker, took_ms, self.exchange
+            )
 
     def release(self, lane: int) -> None:
         self._left.pop(lane, None)
