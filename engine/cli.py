@@ -103,8 +103,6 @@ def run(
         return
     if redis_url and where.simulate:
         fail("--simulate with --redis: the workers send; point them at `follow-engine simulate`")
-    from rich.console import Console
-
     from engine.schedule import start_at
 
     # Before the file is read: a stop asked for while it loads must stop the run unsent.
@@ -119,7 +117,7 @@ def run(
         execute(run_command(redis_url, campaign, options, name_of(where.jobs_file, name), start))
     if start is not None:
         _check_results(options.results, campaign.path)
-    execute(start_at(campaign, options, Console(highlight=False), start))
+    execute(start_at(campaign, options, None, start))
 
 
 def _check_results(results: Path, jobs_file: Path) -> None:

@@ -18,7 +18,8 @@ from html import escape
 from pathlib import Path
 
 from engine.campaign_report import TABLE_TITLES, CampaignReport, epoch
-from engine.report import AMBIGUOUS_MEANS, Row, cell, duration, job_rows
+from engine.progress import duration
+from engine.report import AMBIGUOUS_MEANS, Row, cell, job_rows
 
 #: Idle seconds beyond which the time axis is cut.
 GAP = 5

@@ -25,8 +25,8 @@ from engine.openfiles import SPARE_FILES, fit_open_files
 from engine.past import PastStates
 from engine.plan import DryRun, dry_run, pending
 from engine.pool import WorkerPool, local_limits
+from engine.progress import ProgressDisplay
 from engine.reconcile import Reader, reconcile, reconciled_line, unread_note
-from engine.report import ProgressDisplay, print_summary
 from engine.results import CampaignLock, JobResult, ResultLog
 from engine.signals import StopSignals
 from engine.sources import JobProgress, MemorySource
@@ -260,11 +260,12 @@ async def watch_records(
 
 
 async def launch_and_report(
-    campaign: Campaign, options: LaunchOptions, console: Console, stream: TextIO
+    campaign: Campaign, options: LaunchOptions, console: Console | None, stream: TextIO
 ) -> int:
     """One run as a person sees it, for ``run`` and for each firing of ``schedule``: progress
-    on ``stream``, the summary on ``console``; the exit code. Raises ``ResultsFileError``, as
-    ``launch_campaign`` does, before anything is sent."""
+    on ``stream``, the summary on ``console`` (None: one on stdout, made for the summary);
+    the exit code. Raises ``ResultsFileError``, as ``launch_campaign`` does, before anything
+    is sent."""
     display: ProgressDisplay | None = None
 
     def on_start(stats: CampaignStats) -> None:
@@ -294,9 +295,15 @@ def show_progress(stats: CampaignStats, results: Path, stream: TextIO) -> Progre
 
 
 def report(
-    stats: CampaignStats, rate_limit: float, results: Path, console: Console, stream: TextIO
+    stats: CampaignStats, rate_limit: float, results: Path, console: Console | None, stream: TextIO
 ) -> int:
-    """The summary of a campaign that ended, what went wrong, and the exit code."""
+    """The summary of a campaign that ended, what went wrong, and the exit code. Rich is
+    imported here, after the last answer, not before the first request."""
+    from rich.console import Console
+
+    from engine.report import print_summary
+
+    console = console or Console(highlight=False)
     print_summary(stats, rate_limit, console)
     console.print(f"results: {results}", markup=False, highlight=False, soft_wrap=True)
     if stats.write_error:

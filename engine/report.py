@@ -1,5 +1,6 @@
-"""What a person sees: a countdown before a start, progress while a campaign runs, a summary
-and an exit code when it ends. Every time shown is ISO 8601 UTC.
+"""What a person sees: a countdown before a start, the progress bar while a campaign runs on a
+terminal (``engine.progress`` decides), a summary and an exit code when it ends. Every time
+shown is ISO 8601 UTC.
 
 The summary's tables are lists of rows (dicts) so that ``follow-engine report`` shows, writes
 as JSON and draws in HTML the very same ones.
@@ -7,10 +8,7 @@ as JSON and draws in HTML the very same ones.
 
 from __future__ import annotations
 
-import math
 import statistics
-import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TextIO
@@ -23,7 +21,6 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
-    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -33,10 +30,9 @@ from rich.text import Text
 
 from engine.clock import iso_utc
 from engine.collector import CampaignStats
+from engine.progress import duration
 from engine.results import JobResult
 
-#: Seconds between plain progress lines when output is not a terminal.
-PLAIN_INTERVAL = 5.0
 #: Seconds between plain countdown lines when output is not a terminal: a log needs few.
 PLAIN_COUNTDOWN_INTERVAL = 600.0
 #: Busiest keys listed in the summary.
@@ -55,67 +51,24 @@ class _RateColumn(ProgressColumn):
         return Text("- jobs/s" if speed is None else f"{speed:.1f} jobs/s")
 
 
-class ProgressDisplay:
-    """A bar on a terminal; a plain line every few seconds anywhere else. Both show the
-    jobs finished of the run's total, ok and failed, the rate, elapsed time and time left."""
-
-    def __init__(
-        self,
-        stats: CampaignStats,
-        stream: TextIO = sys.stderr,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.stats = stats
-        self.stream = stream
-        self.clock = clock
-        self._bar: Progress | None = None
-        self._task: TaskID | None = None
-        self._started = self._last_line = clock()
-
-    def start(self) -> None:
-        self._started = self._last_line = self.clock()
-        console = Console(file=self.stream)
-        if console.is_terminal and self.stats.total:
-            self._bar = Progress(
-                TextColumn("following"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("ok {task.fields[ok]} failed {task.fields[failed]}"),
-                _RateColumn(),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-                get_time=self.clock,
-            )
-            self._task = self._bar.add_task("jobs", total=self.stats.total, ok=0, failed=0)
-            self._bar.start()
-
-    def on_result(self, result: JobResult) -> None:
-        stats = self.stats
-        if self._bar is not None and self._task is not None:
-            self._bar.update(self._task, completed=stats.finished, ok=stats.ok, failed=stats.failed)
-        elif (now := self.clock()) - self._last_line >= PLAIN_INTERVAL:
-            self._last_line = now
-            print(progress_line(stats, now - self._started), file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
-def progress_line(stats: CampaignStats, elapsed: float) -> str:
-    line = (
-        f"progress: {stats.finished}/{stats.total} finished (ok {stats.ok}, "
-        f"failed {stats.failed}) in {elapsed:.1f} s"
+def progress_bar(stream: TextIO, clock: Callable[[], float]) -> Progress | None:
+    """The bar of ``engine.progress.ProgressDisplay``; None where rich sees no terminal."""
+    console = Console(file=stream)
+    if not console.is_terminal:
+        return None
+    return Progress(
+        TextColumn("following"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ok {task.fields[ok]} failed {task.fields[failed]}"),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        get_time=clock,
     )
-    if stats.finished and elapsed > 0:
-        rate = stats.finished / elapsed
-        left = (stats.total - stats.finished) / rate
-        line += f", {rate:.1f} jobs/s, about {duration(left)} left"
-    return line
 
 
 #: What "ambiguous" means, for a person deciding what to do.
@@ -249,14 +202,6 @@ def cell(value: object) -> str:
     if isinstance(value, list):
         return ", ".join(map(str, value))
     return "-" if value is None else str(value)
-
-
-def duration(seconds: float) -> str:
-    """``1h 02m 03s``: whole seconds, rounded up so a countdown never shows 0 early."""
-    whole = math.ceil(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
 class Countdown:

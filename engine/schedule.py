@@ -18,19 +18,21 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TextIO
-
-from rich.console import Console
+from typing import TYPE_CHECKING, TextIO
 
 from engine.campaign import Campaign, Schedule
 from engine.clock import Clock, iso_utc
 from engine.exits import EXIT_INTERRUPTED, EXIT_USAGE
 from engine.jobfile import JobFileError
 from engine.launch import LaunchOptions, launch_and_report
-from engine.report import Countdown
 from engine.results import CampaignLock, ResultLog, ResultsFileError
 from engine.signals import StopSignals
 from engine.urls import InsecureTransportError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from engine.report import Countdown
 
 #: A firing missed by less than this still runs: system cron or a systemd timer starts
 #: ``schedule --once`` a moment after the minute it fires at.
@@ -81,7 +83,7 @@ async def wait_until(
 async def start_at(
     campaign: Campaign,
     options: LaunchOptions,
-    console: Console,
+    console: Console | None,
     start: datetime | None,
     *,
     stream: TextIO | None = None,
@@ -96,6 +98,8 @@ async def start_at(
         if start is not None and start <= clock():
             print(f"schedule.at {iso_utc(start)} has passed: starting now", file=stream, flush=True)
         elif start is not None:
+            from engine.report import Countdown
+
             countdown = Countdown(start, "starting", stream)
             if not await wait_until(start, clock, options.signals.stopped(), countdown):
                 print("interrupted while waiting: nothing sent", file=stream, flush=True)
@@ -144,6 +148,8 @@ class Scheduler:
             assert options.signals is not None
             stopped = options.signals.stopped()
             due = next_firing(self.schedule, self.clock() - MISFIRE_GRACE)
+            from engine.report import Countdown
+
             while True:
                 countdown = Countdown(due, "next firing", self.stream)
                 if not await wait_until(due, self.clock, stopped, countdown):

@@ -24,7 +24,8 @@ from rich.console import Console
 
 from engine.cli import main
 from engine.collector import CampaignStats
-from engine.report import ProgressDisplay, print_summary, progress_line
+from engine.progress import ProgressDisplay, progress_line
+from engine.report import print_summary
 from engine.results import JobResult
 from tests.support import ENGINE, PROCESS_TIMEOUT
 

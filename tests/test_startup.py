@@ -48,6 +48,40 @@ def test_commands_that_send_nothing_load_nothing_that_sends(args: tuple[str, ...
         assert "pydantic" not in modules and "yaml" not in modules
 
 
+#: ``run`` off a terminal, noting which of rich's modules were loaded when the first request
+#: (of any kind) left, and whether rich was loaded by the end, for the summary.
+RUN_PROBE = """
+import json, sys
+from engine.client import XtClient
+seen = []
+send = XtClient.send
+async def probe(self, *args, **kwargs):
+    if not seen:
+        seen.append(sorted(m for m in sys.modules if m.split(".")[0] == "rich"))
+    return await send(self, *args, **kwargs)
+XtClient.send = probe
+from engine.cli import main
+try:
+    main(sys.argv[1:], standalone_mode=False)
+except SystemExit:
+    pass
+print("\\n" + json.dumps({"at_first_request": seen[0], "at_exit": "rich" in sys.modules}))
+"""
+
+
+def test_run_off_a_terminal_sends_before_it_loads_rich_for_the_summary(tmp_path: Path) -> None:
+    """Rich costs about 25 ms of CPU to import: paid after the last answer, not before the
+    first request."""
+    args = ["run", str(ROOT / "jobs.yaml"), "--simulate", "--results", str(tmp_path / "r.jsonl")]
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_PROBE, *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "12 jobs: 12 ok, 0 failed" in done.stdout
+    probed = json.loads(done.stdout.splitlines()[-1])
+    assert probed == {"at_first_request": [], "at_exit": True}
+
+
 def test_help_lists_every_command() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "engine", "--help"], capture_output=True, text=True, timeout=60
