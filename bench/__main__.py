@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import distributed, overhead, readpaths, scale, startup, utilisation
-from bench.clients import BASELINE, CCXT, CLIENTS, ENGINE, IDEAL, REPO, Env
+from bench.clients import AIOHTTP, BASELINE, CCXT, CLIENTS, ENGINE, IDEAL, REPO, Env
 from bench.report import Results, render, write_results
 from bench.shapes import RATE_LIMIT, SHAPES, TINY, Shape
 
@@ -47,15 +47,15 @@ class Plan:
 def cases(
     shapes: list[Shape], latencies: list[float], clients: tuple[str, ...]
 ) -> list[tuple[Shape, float, str]]:
-    """Every client on every shape at every latency, the ideal client next to the engine on the
-    shapes it applies to (every key's jobs within one window)."""
+    """Every client on every shape at every latency, the ideal client and aiohttp alone next
+    to the engine on the shapes they apply to (every key's jobs within one window)."""
     util = []
     for shape in shapes:
         for latency in latencies:
             for client in clients:
                 util.append((shape, latency, client))
                 if client == ENGINE and max(shape.jobs_per_key) <= RATE_LIMIT:
-                    util.append((shape, latency, IDEAL))
+                    util += [(shape, latency, IDEAL), (shape, latency, AIOHTTP)]
     return util
 
 

@@ -23,6 +23,11 @@ from bench.validate import follow_engine
 
 REPO = Path(__file__).resolve().parent.parent
 ENGINE, NAIVE, CCXT, IDEAL, BASELINE = "engine", "naive", "ccxt", "ideal", "baseline"
+#: ``bench.floor``'s leanest script: aiohttp with nothing else (no limiter, no records, every
+#: request signed beforehand): the floor under any client built on aiohttp.
+AIOHTTP = "aiohttp"
+#: The mode of ``bench.floor`` that client runs: kept-alive connections, the cheapest.
+AIOHTTP_MODE = "reuse"
 CLIENTS = (ENGINE, NAIVE, CCXT)
 #: Flags of ``run`` that an older engine may not have; left out where it has not.
 NEWER_FLAGS = ("--no-preflight", "--allow-over-limit")
@@ -95,5 +100,8 @@ def command(client: str, files: ShapeFiles, url: str, results: Path, env: Env) -
     if is_engine(client):
         options = shlex.split(client)[1:]
         return engine_command(files, url, results, *env.engine_args, *options, env=env.of(client))
+    if client == AIOHTTP:
+        floor = [sys.executable, "-m", "bench.floor", "--client", AIOHTTP_MODE]
+        return [*floor, str(files.plain_json), url]
     module = {NAIVE: "bench.naive", CCXT: "bench.ccxt_script", IDEAL: "bench.ideal"}[client]
     return [sys.executable, "-m", module, str(files.plain_json), url]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from bench.clients import ENGINE, IDEAL, NAIVE, REPO
+from bench.clients import AIOHTTP, ENGINE, IDEAL, NAIVE, REPO
 from bench.overhead import Overhead
 from bench.readpaths import DenseRow, ResumeRow
 from bench.scale import ScaleRow
@@ -104,6 +104,15 @@ def _wide(r: UtilRow, by: dict[tuple[str, float, str], UtilRow]) -> list[str]:
             f"request, the ideal client's {ideal.cpu_per_request_us:.0f}: {value:.2f}x "
             f"(target <= {CPU_RATIO:g}x)"
         )
+        floor = by.get((r.shape.name, r.latency, AIOHTTP))
+        if floor is not None:
+            alone = floor.cpu_per_request_us
+            lines.append(
+                f"    - aiohttp alone (`bench.floor`: no limiter, no records, signed "
+                f"beforehand) {alone:.0f} us: {ratio(alone, ideal.cpu_per_request_us):.2f}x "
+                f"the ideal client's; the engine {ratio(r.cpu_per_request_us, alone):.2f}x "
+                "aiohttp alone"
+            )
     naive = by.get((r.shape.name, r.latency, NAIVE))
     if naive is not None:
         value = ratio(r.from_start, naive.from_start)

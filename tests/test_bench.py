@@ -24,7 +24,7 @@ def test_bench_smoke_run_fills_every_table(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     text = report.read_text()
-    for client in ("engine", "naive", "ideal"):
+    for client in ("engine", "naive", "ideal", "aiohttp"):
         row = next(line for line in text.splitlines() if f"| 5 ms | {client} |" in line)
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[0] == "tiny (2x3)"
@@ -36,4 +36,5 @@ def test_bench_smoke_run_fills_every_table(tmp_path: Path) -> None:
     assert "200/200" in text  # the scale run sent every job
     assert "### Targets" in text
     assert "engine/ideal" in text  # the engine set against the ideal client
+    assert "aiohttp alone" in text  # and the ideal client against aiohttp with nothing else
     assert "resume of 200 ok jobs" in text  # the read paths measured
