@@ -25,7 +25,7 @@ from engine.campaign import Campaign, Settings
 from engine.campaign_report import add_sends
 from engine.collector import CampaignStats, Collector, KeyStats
 from engine.launch import LaunchOptions, open_records, report, show_progress, watch_records
-from engine.limiter import KeyLimiter
+from engine.limiter import lane_span
 from engine.profiles import LEADER_FIELDS
 from engine.redis_store import Store
 from engine.results import JobResult
@@ -112,7 +112,7 @@ def _rates_into(stats: CampaignStats, sends: dict[str, list[float]], settings: S
     addresses are not in the lines."""
     if settings.api.per_ip:
         return
-    period = KeyLimiter(settings.rate_limit, margin=settings.margin).period
+    period = lane_span(settings.rate_limit, 1.0) * (1 + settings.margin)
     for account, times in sends.items():
         counted = stats.keys[account] = KeyStats(account, period)
         for moment in sorted(times):

@@ -45,6 +45,12 @@ DEFAULT_MARGIN = 0.05
 MAX_MARGIN = 1.0
 
 
+def lane_span(rate: float, window: float) -> float:
+    """Seconds between two arrivals of one lane that the rule needs: at most ``rate * window``
+    (at least one) in any window, and at most ``rate`` per second (0.5/s: one in any 2 s)."""
+    return max(window, max(1, math.floor(rate * window)) / rate)
+
+
 class Limiter(Protocol):
     """One limit's gate: wait for a slot (``acquire``), say the request left (``sent``),
     was answered (``answered``) or never will leave (``release``), hold back after a 429
@@ -111,9 +117,7 @@ class KeyLimiter:
         self.window = window
         self.track_sends = track_sends
         self._count = max(1, math.floor(rate * window))
-        #: Seconds between two arrivals of one lane that the rule needs: at most ``_count``
-        #: in any window, and at most ``rate`` per second (0.5/s: one in any 2 s).
-        self._span = max(self.window, self._count / self.rate)
+        self._span = lane_span(rate, window)
         self.margin = margin
         #: The margin that ``widen`` has added since.
         self._added = 0.0

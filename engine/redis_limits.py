@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import math
 
-from engine.limiter import DEFAULT_MARGIN, MAX_MARGIN, Fastest
+from engine.limiter import DEFAULT_MARGIN, MAX_MARGIN, Fastest, lane_span
 from engine.profiles import ACCOUNT_ENDPOINTS_RATE
 from engine.redis_store import Store, key_hash
 
@@ -56,7 +56,7 @@ class RedisLimiter:
         self.exchange = exchange
         self.lanes = max(1, math.floor(rate * window))
         #: The window a lane's period stretches, in ms.
-        self.base_ms = math.ceil(max(window, self.lanes / rate) * 1000)
+        self.base_ms = math.ceil(lane_span(rate, window) * 1000)
         self.margin = margin
         self.period = self.base_ms * (1 + margin) / 1000
         self._fastest = Fastest() if fastest is None else fastest
