@@ -149,7 +149,7 @@ def _print_dry_run(campaign: Campaign, results: Path, fresh: bool) -> None:
         )
     skipped = f"; {planned.skipped} jobs skipped, already ok in {results}"
     click.echo(
-        f"dry run: {len(planned.requests)} requests shown, none sent"
+        f"dry run: {planned.count} requests shown, none sent"
         + (skipped if planned.skipped else ""),
         err=True,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +18,12 @@ def pending(jobs: Iterable[FollowJob], done: Container[str]) -> list[FollowJob]:
 
 @dataclass(frozen=True, slots=True)
 class DryRun:
-    """What a run would send now: each job with its request, signed now, sent never."""
+    """What a run would send now: each job with its request, signed as it is read (never
+    all of them held signed at once), sent never."""
 
-    requests: list[tuple[FollowJob, PreparedRequest]]
+    requests: Iterator[tuple[FollowJob, PreparedRequest]]
+    #: How many ``requests`` yields.
+    count: int
     #: Jobs left out because the results file has them ok already.
     skipped: int
 
@@ -47,4 +50,5 @@ def dry_run(campaign: Campaign, results: Path, fresh: bool = False) -> DryRun:
             return client.prepare_cancel(account.api_key, account.secret_key, job.leader_id)
         return client.prepare(account.api_key, account.secret_key, job.params)
 
-    return DryRun([(job, request(job)) for job in jobs], len(campaign.jobs) - len(jobs))
+    skipped = len(campaign.jobs) - len(jobs)
+    return DryRun(((job, request(job)) for job in jobs), len(jobs), skipped)

@@ -7,11 +7,14 @@ import re
 import shutil
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from engine.cli import main
+from engine.client import PreparedRequest, XtClient
 from engine.simulator import SimConfig
 from tests.support import (
     BASE_LEADER,
@@ -88,6 +91,30 @@ def test_dry_run_shows_requests_and_sends_nothing(cli: CliRunner, job_path: Path
     assert "xt-validate-signature: <redacted>" in out
     assert SECRET not in result.output
     assert not job_path.with_suffix(".results.jsonl").exists()
+
+
+def test_dry_run_prints_each_request_as_it_signs_it(
+    cli: CliRunner, job_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A million jobs are never held signed at once: each request is printed before the next
+    is signed."""
+    steps: list[str] = []
+    prepare, echo = XtClient.prepare, click.echo
+
+    def signing(self: XtClient, *args: Any, **kwargs: Any) -> PreparedRequest:
+        steps.append("sign")
+        return prepare(self, *args, **kwargs)
+
+    def printing(message: str, **kwargs: Any) -> None:
+        steps.append("print")
+        echo(message, **kwargs)
+
+    monkeypatch.setattr(XtClient, "prepare", signing)
+    monkeypatch.setattr(click, "echo", printing)
+    result = cli.invoke(main, ["run", str(job_path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert steps == ["sign", "print", "sign", "print", "print"]  # the last: the count
+    assert "dry run: 2 requests shown, none sent" in result.stderr
 
 
 def test_run_simulate_then_resume_sends_nothing_twice(cli: CliRunner, tmp_path: Path) -> None:
