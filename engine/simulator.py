@@ -15,11 +15,10 @@ shared would otherwise pass every test.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import sys
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +26,6 @@ from typing import Any
 from aiohttp import web
 
 from engine.profiles import (
-    ACCOUNT_ENDPOINTS_RATE,
     CANCEL_FOLLOW_PATH,
     LEADER_CONFIG_PATH,
     MY_LEADERS_PATH,
@@ -51,6 +49,7 @@ from engine.sim_faults import (
     check_fault,
     fault_answer,
 )
+from engine.sim_window import SlidingWindows, max_in_window, window_of
 from engine.sim_wire import (
     BY_PATH,
     FOLLOW_PATHS,
@@ -129,16 +128,6 @@ class Arrival:
     remote: str = ""
 
 
-def max_in_window(times: Sequence[float], window: float) -> int:
-    """Most of the sorted ``times`` inside any half-open ``window``, by two pointers."""
-    best = start = 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
 class Simulator:
     """XT's follow endpoint (v4 and v1 paths) and server time, in process."""
 
@@ -156,8 +145,7 @@ class Simulator:
         self.violations = 0
         #: Set by ``start``.
         self.base_url: str | None = None
-        #: Arrival times within the window of each limited key (per IP: of each address).
-        self._recent: defaultdict[str | None, deque[float]] = defaultdict(deque)
+        self._windows = SlidingWindows(self.config.window)
         self._scripts: dict[int | str, deque[str]] = {}
         self._follows = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -261,7 +249,9 @@ class Simulator:
         response: web.Response | None
         mc: str | None = None
         remote = request.remote or ""
-        retry_after = self._admit(*self._window_of(path, api_key, remote), t)
+        config = self.config
+        window = window_of(path, api_key, remote, config.rate_limit, per_ip=config.per_ip)
+        retry_after = self._windows.admit(*window, t)
         if retry_after:
             self.violations += 1
             response = web.Response(status=429, headers={"Retry-After": str(retry_after)})
@@ -293,17 +283,6 @@ class Simulator:
             return web.Response()
         return response
 
-    def _window_of(self, path: str, api_key: str, remote: str) -> tuple[str, float]:
-        """Which sliding window an arrival counts in, and its limit. Under a per-IP rule every
-        signed endpoint of one source address shares a window (as the engine assumes: XT
-        does not say whether its endpoints' 2/s per IP are counted apart); else a follow
-        counts per key and the account endpoints per address, at their own rate."""
-        if self.config.per_ip:
-            return f"ip {remote}", self.config.rate_limit
-        if path in FOLLOW_PATHS:
-            return f"key {api_key}", self.config.rate_limit
-        return f"account endpoints {remote}", ACCOUNT_ENDPOINTS_RATE
-
     def _answer(
         self, path: str, api_key: str, data: Any, query: Mapping[str, str]
     ) -> tuple[str, Sequence[str], Any]:
@@ -328,17 +307,6 @@ class Simulator:
         read = self.state.my_leaders if path == MY_LEADERS_PATH else self.state.config
         mc, result = read(api_key, query)
         return mc, ("query",) if mc != SUCCESS else (), result
-
-    def _admit(self, key: str | None, rate: float, now: float) -> int:
-        """0 when the arrival fits the sliding window, else whole seconds until it would."""
-        times = self._recent[key]
-        horizon = now - self.config.window
-        while times and times[0] <= horizon:
-            times.popleft()
-        if len(times) + 1 > rate:
-            return max(1, math.ceil(times[0] - horizon))
-        times.append(now)
-        return 0
 
     def _fault(self, path: str, leader_id: int | None) -> str | None:
         for target in (path, leader_id):

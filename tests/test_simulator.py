@@ -15,6 +15,7 @@ import pytest
 
 from engine.profiles import TIME_PATH, V1, V4
 from engine.signing import sign, signature_payload, signed_headers
+from engine.sim_window import SlidingWindows
 from engine.simulator import (
     AUTH_105,
     DROP_AFTER,
@@ -321,11 +322,11 @@ async def test_rate_limit_answers_429_beyond_the_window(
 
 @pytest.mark.parametrize("rate_limit", [2, 2.5])
 def test_the_window_slides(rate_limit: float) -> None:
-    sim = Simulator(None, SimConfig(rate_limit=rate_limit, window=1.0))
-    admitted = [sim._admit("k", sim.config.rate_limit, t) for t in (0.0, 0.5, 0.9, 1.0, 1.2, 1.5)]
+    windows = SlidingWindows(1.0)
+    admitted = [windows.admit("k", rate_limit, t) for t in (0.0, 0.5, 0.9, 1.0, 1.2, 1.5)]
     # 0.9: two in (-0.1, 0.9]; 1.0: 0.0 has left; 1.2: 0.5 and 1.0 remain; 1.5: 0.5 has left.
     assert admitted == [0, 0, 1, 0, 1, 0]
-    assert sim._admit("other", sim.config.rate_limit, 0.9) == 0
+    assert windows.admit("other", rate_limit, 0.9) == 0
 
 
 def test_max_in_window_on_known_arrivals() -> None:
