@@ -44,13 +44,20 @@ class ProgressDisplay:
 
     def start(self) -> None:
         self._started = self._last_line = self.clock()
-        if self.stream.isatty() and self.stats.total:
+        if self._on_terminal() and self.stats.total:
             from engine.report import progress_bar
 
             self._bar = progress_bar(self.stream, self.clock)
         if self._bar is not None:
             self._task = self._bar.add_task("jobs", total=self.stats.total, ok=0, failed=0)
             self._bar.start()
+
+    def _on_terminal(self) -> bool:
+        """A closed stream, or none at all (``2>&-`` leaves ``sys.stderr`` None), is none."""
+        try:
+            return self.stream.isatty()
+        except (AttributeError, ValueError):
+            return False
 
     def on_result(self, result: JobResult) -> None:
         stats = self.stats

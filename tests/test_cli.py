@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from engine.client import PreparedRequest, XtClient
 from engine.simulator import SimConfig
 from tests.support import (
     BASE_LEADER,
+    PROCESS_TIMEOUT,
     StartSimulator,
     WriteJobs,
     engine_env,
@@ -131,6 +134,21 @@ def test_run_simulate_then_resume_sends_nothing_twice(cli: CliRunner, tmp_path: 
     assert second.exit_code == 0
     assert "skipping 12 jobs already ok" in second.stderr
     assert results.read_text() == recorded
+
+
+def test_a_run_with_stderr_closed_runs_and_says_so_on_stdout(tmp_path: Path) -> None:
+    """A cron line may close stderr (``2>&-``): Python then has no ``sys.stderr`` at all, and
+    progress, which goes there, must not stop the run."""
+    jobs = tmp_path / "jobs.yaml"
+    shutil.copy(SAMPLE, jobs)
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m engine run "$1" --simulate --sim-latency 0 2>&-',
+         sys.executable, str(jobs)],
+        capture_output=True, text=True, timeout=PROCESS_TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout
+    assert "12 jobs: 12 ok, 0 failed" in done.stdout
+    assert {line["status"] for line in outcome_lines(jobs.with_suffix(".results.jsonl"))} == {"ok"}
 
 
 async def run_cli(*args: str) -> tuple[int, str, str]:
