@@ -54,9 +54,9 @@ def secret_uses(doc: LineDict) -> list[tuple[Loc, str]]:
         for key, value in node.items() if isinstance(node, dict) else enumerate(node):
             if type(value) is str:
                 if len(value) < shortest or _is_secret_key((*path, key)):
-                    continue  # holds no secret elsewhere: most files never compile the pattern
+                    continue  # too short to hold one, or a secret where it belongs
                 if value not in seen:
-                    # 12 ms for 500 accounts: paid only when a value is long enough.
+                    # 12 ms for 500 accounts, paid only here: most files never get this far.
                     pattern = pattern or re.compile(
                         "|".join(re.escape(s) for s in sorted(secrets, key=len, reverse=True))
                     )

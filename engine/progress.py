@@ -53,7 +53,8 @@ class ProgressDisplay:
             self._bar.start()
 
     def _on_terminal(self) -> bool:
-        """A closed stream, or none at all (``2>&-`` leaves ``sys.stderr`` None), is none."""
+        """Whether ``stream`` is a terminal; a closed stream, or none at all (``2>&-`` leaves
+        ``sys.stderr`` None), is not."""
         try:
             return self.stream.isatty()
         except (AttributeError, ValueError):
