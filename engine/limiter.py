@@ -20,7 +20,11 @@ accepting a burst of new connections reads their requests late, then reads the n
 on those connections, at once), and its answer bounds how late: one answered later after
 leaving than the fastest answer of any key (``Fastest``, one per exchange) may have waited
 that much longer on the way in, so its lane waits the excess on top of its period. On a
-connection in use the excess is the answer's jitter, and costs nothing.
+connection in use one answer's excess alone may be its jitter on the way back, so the lane
+weighs its neighbours': an exchange short of time reads everything that came in together
+late, and if every request that left about when this one did was answered late, this one was
+read late too (``Fastest.reading_late``); beyond half the margin, its lane waits that much
+longer. One answered quickly among them says the exchange read them at once.
 Lanes are made as first used, so a limit lifted to 100,000/s costs nothing up front.
 
 The margin starts at ``settings.margin`` and ``widen`` doubles it when the exchange
@@ -37,6 +41,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aiolimiter import AsyncLimiter
+
+from engine.lateness import Fastest
 
 #: Lanes wait this fraction of the window longer than the rule needs, so network
 #: jitter cannot make two of a lane's requests arrive inside one window.
@@ -73,14 +79,6 @@ class Limiter(Protocol):
     def widen(self) -> float: ...
 
 
-@dataclass(slots=True)
-class Fastest:
-    """The least seconds from a request leaving to its answer that the limiters sharing it
-    have seen: the way to the exchange and back with no wait, as near as known."""
-
-    seconds: float = math.inf
-
-
 @dataclass(slots=True, eq=False)
 class _Lane:
     bucket: AsyncLimiter
@@ -97,6 +95,9 @@ class _Lane:
     sent_at: float | None = None
     #: The lane's last request was the first on its connection.
     opened: bool = False
+    #: Loop time its last request was answered, until its next admission has weighed how late
+    #: the exchange was reading then (``Fastest.reading_late``).
+    answered_at: float | None = None
 
 
 class KeyLimiter:
@@ -153,17 +154,34 @@ class KeyLimiter:
             if (wait := self._paused_until - loop.time()) > 0:
                 await asyncio.sleep(wait)
             await lane.bucket.acquire()
-            while lane.held is not None or lane.free_at > loop.time():
+            while (
+                lane.held is not None or lane.free_at > loop.time() or lane.answered_at is not None
+            ):
                 if lane.held is not None:
                     await lane.held.wait()
-                else:
+                elif lane.free_at > loop.time():
                     await asyncio.sleep(lane.free_at - loop.time())
+                else:
+                    self._hold_if_read_late(lane)
             if self._paused_until <= loop.time():
                 lane.token, lane.sent_at = token, None
                 if self.track_sends:
                     lane.held = asyncio.Event()
                 return token
             # Paused while queued: the lane's slot is forfeit, take a fresh one after the pause.
+
+    def _hold_if_read_late(self, lane: _Lane) -> None:
+        """Weigh, now that its neighbours have been answered too, how late the exchange was
+        reading when the lane's last request was answered: a burst read later than the margin
+        allows would let the next land inside its window. An answer still frees the lane one
+        window after it, whatever the lateness."""
+        answered_at, lane.answered_at = lane.answered_at, None
+        assert answered_at is not None and lane.sent_at is not None
+        # Half the margin covers that much lateness; the other half stays for the next
+        # request's own jitter.
+        late = self._fastest.reading_late(lane.sent_at) - (self.period - self._span) / 2
+        held = min(lane.sent_at + self.period + max(0.0, late), answered_at + self._answer_gap())
+        lane.free_at = max(lane.free_at, held)
 
     def _lane(self, token: int) -> _Lane | None:
         """The lane of admission ``token``, unless it has admitted another since."""
@@ -188,9 +206,11 @@ class KeyLimiter:
         if admitted is not None and (sent_at := admitted.sent_at) is not None:
             now = asyncio.get_running_loop().time()
             took = now - sent_at
-            fastest = self._fastest.seconds = min(self._fastest.seconds, took)
+            fastest = self._fastest.took(sent_at, took)
             if admitted.opened:
                 admitted.free_at += took - fastest
+            else:
+                admitted.answered_at = now
             admitted.free_at = min(admitted.free_at, now + self._answer_gap())
 
     def release(self, lane: int) -> None:

@@ -27,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import math
 
-from engine.limiter import DEFAULT_MARGIN, MAX_MARGIN, Fastest, lane_span
+from engine.lateness import Fastest
+from engine.limiter import DEFAULT_MARGIN, MAX_MARGIN, lane_span
 from engine.profiles import ACCOUNT_ENDPOINTS_RATE
 from engine.redis_store import Store, key_hash
 

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from engine.limiter import Fastest, KeyLimiter
+from engine.lateness import Fastest
+from engine.limiter import KeyLimiter
 from engine.simulator import max_in_window
 
 
@@ -187,6 +188,61 @@ async def test_the_fastest_answer_is_the_exchanges_shared_by_its_keys(
     late.answered(lanes[1])
     await late.acquire()
     assert loop.time() - start == pytest.approx(next_after)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize(
+    ("half_took", "next_after"), [(0.086, [1.586] * 20), (0.02, [1.52] * 10 + [1.55] * 10)]
+)
+async def test_a_burst_read_late_holds_its_lanes_on_connections_in_use_too(
+    half_took: float, next_after: list[float]
+) -> None:
+    """Another key's answer in 20 ms has shown the way there and back. At 0.5 a burst of 20
+    leaves on connections in use. When every one of them comes back 66 ms late, the exchange
+    read them late (one short of time reads all that came in together late), more than half
+    the margin covers: their lanes wait for their answers a window ago, 1.586, not 1.55. When
+    half of them came back at once, the others were only answered late: their lanes go at
+    1.55, one period after they left (the quick half's, a window after their answers)."""
+    loop = asyncio.get_running_loop()
+    fastest = Fastest()
+    other = KeyLimiter(1, track_sends=True, fastest=fastest)
+    limiter = KeyLimiter(20, margin=0.05, track_sends=True, fastest=fastest)
+    start = loop.time()
+    shown = await other.acquire()
+    other.sent(shown)
+    await asyncio.sleep(0.02)
+    other.answered(shown)
+    await asyncio.sleep(0.48)
+    burst = [await limiter.acquire() for _ in range(20)]
+    for lane in burst:
+        limiter.sent(lane)
+    await asyncio.sleep(min(half_took, 0.086))
+    for lane in burst[:10] if half_took < 0.086 else burst:
+        limiter.answered(lane)
+    await asyncio.sleep(start + 0.586 - loop.time())
+    for lane in burst[10:] if half_took < 0.086 else []:
+        limiter.answered(lane)
+    times = await acquire_times(limiter, 20)
+    assert [t - start for t in times] == [pytest.approx(t) for t in next_after]
+
+
+def test_how_late_the_exchange_read_is_told_by_the_requests_sent_nearest() -> None:
+    fastest = Fastest()
+    assert fastest.reading_late(1.0) == 0.0  # nothing answered yet
+    # Answered out of the order they left: kept in the order they left.
+    for sent_at, took in [(1.0, 0.09), (0.0, 0.02), (1.001, 0.08), (0.999, 0.07), (5.0, 0.02)]:
+        fastest.took(sent_at, took)
+    assert fastest.seconds == 0.02
+    assert [sent_at for sent_at, _ in fastest.answers] == [0.0, 0.999, 1.0, 1.001, 5.0]
+    # The 16 nearest are all five: the least excess is the fastest's own, 0.
+    assert fastest.reading_late(1.0) == 0.0
+    for n in range(20):  # a burst at 3.0, every request of it read 50 ms late
+        fastest.took(3.0 + n / 1000, 0.07)
+    assert fastest.reading_late(3.005) == pytest.approx(0.05)
+    # At its edge too: its 16 nearest are its own, not 5.0's quick answer.
+    assert fastest.reading_late(3.019) == pytest.approx(0.05)
+    # Between the burst and 5.0, the nearest reach 5.0's: that one was read at once.
+    assert fastest.reading_late(4.5) == 0.0
 
 
 @pytest.mark.looptime
