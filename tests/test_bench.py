@@ -38,3 +38,18 @@ def test_bench_smoke_run_fills_every_table(tmp_path: Path) -> None:
     assert "engine/ideal" in text  # the engine set against the ideal client
     assert "aiohttp alone" in text  # and the ideal client against aiohttp with nothing else
     assert "resume of 200 ok jobs" in text  # the read paths measured
+
+
+def test_underload_run_counts_429s_and_leaves_no_busy_loop(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.underload", "--runs", "1", "--busy", "1",
+         "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    [row] = [line for line in done.stdout.splitlines() if line.startswith("| 0 | engine |")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert int(cells[2]) >= 0 and float(cells[5]) >= 1.0  # 429s counted; never below the bound
+    assert "engine: 429s in " in done.stdout and "of 1 runs, 1 busy loops beside" in done.stdout
+    spinning = subprocess.run(["pgrep", "-f", "while :; do :; done"], capture_output=True)
+    assert spinning.returncode == 1, spinning.stdout  # every busy loop was killed
