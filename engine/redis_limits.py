@@ -19,7 +19,9 @@ worker lengthens its lane's wait by the excess (``LANE_LATE``), as ``KeyLimiter.
 does: an exchange accepting a burst of new connections may read their requests late, and
 the next burst, on those connections, at once. A worker whose whole first burst was read
 late has no faster answer of its own to tell, so each worker's fastest goes to Redis
-(``FASTEST``, when it improves: a few times a run) and the excess is taken there.
+(``FASTEST``, when it improves: a few times a run) and the excess is taken there. A request
+on a connection in use is weighed against the requests its worker sent with it, as in one
+process (``engine.lateness``), once they have been answered too; a hold goes the same way.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from engine.limiter import DEFAULT_MARGIN, MAX_MARGIN, lane_span
 from engine.profiles import ACCOUNT_ENDPOINTS_RATE
 from engine.redis_store import Store, key_hash
 
+#: Seconds after an answer on a connection in use before it is weighed against its
+#: neighbours' (``Fastest.reading_late``): those that left with it have been answered by then.
+NEIGHBOURS_WAIT = 0.2
 #: Milliseconds before asking again when every lane is held (admitted, not yet left).
 HELD_POLL_MS = 10
 
@@ -92,19 +97,37 @@ class RedisLimiter:
     def answered(self, lane: int) -> None:
         """How long a request that opened its connection took goes to Redis, and this
         worker's fastest answer when it improves; an answer frees no lane sooner
-        (``KeyLimiter.answered``): that is not shared."""
+        (``KeyLimiter.answered``): that is not shared. A request on a connection in use is
+        weighed against its neighbours once they have been answered too (``_weigh``)."""
         if (left := self._left.pop(lane, None)) is None:
             return
         sent_at, opened = left
-        took = asyncio.get_running_loop().time() - sent_at
-        if took < self._fastest.seconds:
-            self._fastest.seconds = took
+        loop = asyncio.get_running_loop()
+        took = loop.time() - sent_at
+        fastest = self._fastest.seconds
+        if self._fastest.took(sent_at, took) < fastest:
             self.store.later("FASTEST", self.exchange, math.floor(took * 1000))
         if opened:
-            took_ms = math.ceil(took * 1000)
-            self.store.later(
-                "LANE_LATE", self.name, lane % self.lanes, self.worker, took_ms, self.exchange
-            )
+            self._late(lane, took)
+        else:
+            loop.call_later(NEIGHBOURS_WAIT, self._weigh, lane, sent_at)
+
+    def _weigh(self, lane: int, sent_at: float) -> None:
+        """As ``KeyLimiter`` does at a lane's next admission: the lateness of the requests
+        that left about when this one did, beyond half the margin, lengthens its lane's wait,
+        if there is still time before the lane could admit again."""
+        late = self._fastest.reading_late(sent_at) - (self.period - self.base_ms / 1000) / 2
+        time_left = sent_at + self.period - asyncio.get_running_loop().time()
+        if late > 0 and time_left > NEIGHBOURS_WAIT:
+            self._late(lane, self._fastest.seconds + late)
+
+    def _late(self, lane: int, took: float) -> None:
+        """The lane's request may have arrived as much later than the fastest answer any
+        worker has seen as ``took`` is longer: Redis holds the lane by that (``LANE_LATE``)."""
+        took_ms = math.ceil(took * 1000)
+        self.store.later(
+            "LANE_LATE", self.name, lane % self.lanes, self.worker, took_ms, self.exchange
+        )
 
     def release(self, lane: int) -> None:
         self._left.pop(lane, None)
