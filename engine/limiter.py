@@ -171,8 +171,8 @@ class KeyLimiter:
             # Paused while queued: the lane's slot is forfeit, take a fresh one after the pause.
 
     def _hold_if_read_late(self, lane: _Lane) -> None:
-        """Weigh, now that its neighbours have been answered too, how late the exchange was
-        reading when the lane's last request was answered: a burst read later than the margin
+        """Weigh how late the exchange read the lane's last request, by the requests that left
+        with it, now that they have been answered too: a burst read later than the margin
         allows would let the next land inside its window. An answer still frees the lane one
         window after it, whatever the lateness."""
         answered_at, lane.answered_at = lane.answered_at, None
