@@ -58,3 +58,10 @@ class Fastest:
             else:
                 least, before = min(least, answers[before][1]), before - 1
         return max(0.0, least - self.seconds) if least < math.inf else 0.0
+
+    def hold(self, sent_at: float, margin: float) -> float:
+        """How much longer than its period the lane of a request that left at ``sent_at``
+        waits, its period being ``margin`` seconds over the rule: what of the reading's
+        lateness half the margin does not cover. The other half stays for the next request's
+        own jitter."""
+        return max(0.0, self.reading_late(sent_at) - margin / 2)

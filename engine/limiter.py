@@ -177,10 +177,8 @@ class KeyLimiter:
         window after it, whatever the lateness."""
         answered_at, lane.answered_at = lane.answered_at, None
         assert answered_at is not None and lane.sent_at is not None
-        # Half the margin covers that much lateness; the other half stays for the next
-        # request's own jitter.
-        late = self._fastest.reading_late(lane.sent_at) - (self.period - self._span) / 2
-        held = min(lane.sent_at + self.period + max(0.0, late), answered_at + self._answer_gap())
+        late = self._fastest.hold(lane.sent_at, self.period - self._span)
+        held = min(lane.sent_at + self.period + late, answered_at + self._answer_gap())
         lane.free_at = max(lane.free_at, held)
 
     def _lane(self, token: int) -> _Lane | None:

@@ -116,7 +116,7 @@ class RedisLimiter:
         """As ``KeyLimiter`` does at a lane's next admission: the lateness of the requests
         that left about when this one did, beyond half the margin, lengthens its lane's wait,
         if there is still time before the lane could admit again."""
-        late = self._fastest.reading_late(sent_at) - (self.period - self.base_ms / 1000) / 2
+        late = self._fastest.hold(sent_at, self.period - self.base_ms / 1000)
         time_left = sent_at + self.period - asyncio.get_running_loop().time()
         if late > 0 and time_left > NEIGHBOURS_WAIT:
             self._late(lane, self._fastest.seconds + late)
